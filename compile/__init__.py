@@ -1,0 +1,136 @@
+"""The TVM pipeline: import, fuse/schedule, build, package and verify. Public API below.
+
+`compile` never imports `toolkit`; `toolkit` uses what this module exports.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from targets import Target, host_arch
+
+from .artifact import LIBRARY, MANIFEST, check_artifact, elf_machine, publish, read_manifest, staging_dir
+from .errors import (
+    ArtifactError, AutoglmError, CompileFailure, ModelFormatError, ToolchainError, UnsupportedOperatorError,
+    UsageError, VerificationError,
+)
+from .executor import VMExecutor
+from .frontend import ImportedModel, TensorSpec, load_model, parse_shape_overrides
+from .reference import ReferenceRuntime, compare, random_inputs
+
+__all__ = [
+    "ArtifactError", "AutoglmError", "CompileFailure", "CompileResult", "ModelFormatError", "TensorSpec",
+    "ToolchainError", "UnsupportedOperatorError", "UsageError", "VMExecutor", "VerificationError",
+    "check_artifact", "compile_model", "elf_machine", "load_model", "parse_shape_overrides", "random_inputs",
+    "read_manifest", "LIBRARY", "MANIFEST",
+]
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+@dataclass
+class CompileResult:
+    artifact: Path
+    manifest: dict[str, Any]
+
+
+def _tvm_version() -> str:
+    import tvm
+
+    return tvm.__version__
+
+
+def verify_library(lib_path: Path, model: ImportedModel, device: str, *, seed: int, atol: float, rtol: float) -> dict[str, Any]:
+    """Run the compiled library and the reference runtime on the same random inputs and compare."""
+    inputs = random_inputs(model.inputs, seed)
+    ref = ReferenceRuntime.open(model.path, model.format)
+    expected = ref.run(inputs)
+    actual = VMExecutor(lib_path, device).run([inputs[s.name] for s in model.inputs])
+    result = compare(actual, expected, atol, rtol)
+    return {"reference": ref.name, "reference_version": ref.version, "seed": seed, **result.to_json()}
+
+
+def compile_model(
+    model_path: str | Path,
+    target: Target,
+    out_dir: str | Path,
+    *,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    verify: bool | None = None,
+    seed: int = 0,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> CompileResult:
+    """Import, build and package a model for `target` into the artifact directory `out_dir`.
+
+    `verify=None` verifies when the artifact can run on this machine (CPU targets of the host's
+    architecture). Nothing is left at `out_dir` unless every step, verification included, succeeded.
+    """
+    out_dir = Path(out_dir)
+    model = load_model(model_path, input_shapes)
+    can_run_here = target.device == "cpu" and target.arch == host_arch()
+    if verify is None:
+        verify = can_run_here
+    elif verify and not can_run_here:
+        raise UsageError(
+            f"--verify runs the artifact on this machine, but target {target.name} ({target.arch}/{target.device}) "
+            f"cannot run here; drop --verify and use `autoglm bench --device qemu` or a board"
+        )
+    with staging_dir(out_dir) as tmp:
+        lib = tmp / LIBRARY
+        stats, compiler_line = build_library_for(model, target, lib)
+        built_arch = elf_machine(lib)
+        if built_arch != target.arch:
+            raise CompileFailure(f"the linker produced a {built_arch} library for target {target.name} ({target.arch})")
+        verification: dict[str, Any]
+        if verify:
+            verification = verify_library(lib, model, target.device, seed=seed, atol=atol, rtol=rtol)
+            if not verification["passed"]:
+                raise VerificationError(
+                    f"the compiled model disagrees with {verification['reference']}: max abs error "
+                    f"{verification['max_abs_error']:.3g}, max relative error {verification['max_rel_error']:.3g} "
+                    f"(tolerance atol={atol:g}, rtol={rtol:g}); nothing was written"
+                )
+        else:
+            verification = {"passed": None, "skipped": f"target {target.name} ({target.arch}/{target.device}) does not run on this machine"
+                            if not can_run_here else "disabled with --no-verify"}
+        if model.prepared_onnx is not None:
+            (tmp / "prepared.onnx").write_bytes(model.prepared_onnx)
+        manifest = _manifest(model, target, stats, compiler_line, verification)
+        publish(tmp, out_dir, manifest)
+    return CompileResult(out_dir, read_manifest(out_dir))
+
+
+def build_library_for(model: ImportedModel, target: Target, lib: Path):
+    from .build import build_library
+
+    return build_library(model.mod, target, lib, model.output_names)
+
+
+def _manifest(model: ImportedModel, target: Target, stats, compiler_line: str, verification: dict[str, Any]) -> dict[str, Any]:
+    import tvm
+
+    return {
+        "library": LIBRARY,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": model.name, "format": model.format, "source_file": model.path.name, "sha256": model.sha256},
+        "target": {
+            "name": target.name, "description": target.description, "arch": target.arch, "device": target.device,
+            "tvm_target": json.loads(str(tvm.target.Target(target.tvm))), "threads": target.threads, "rpc_key": target.rpc_key,
+        },
+        "toolchain": {"compiler": target.cross_compiler or "g++", "version": compiler_line},
+        "tvm_version": _tvm_version(),
+        "inputs": [s.to_json() for s in model.inputs],
+        "outputs": [s.to_json() for s in stats.outputs],
+        "precision": {"mode": "fp32"},
+        "tuning": {"database": None, "records_applied": 0},
+        "fusion": stats.to_json(),
+        "memory": {"planned_activation_bytes": stats.planned_activation_bytes, "weight_bytes": stats.weight_bytes},
+        "verification": verification,
+        "notes": model.notes,
+    }

@@ -1,0 +1,145 @@
+"""Fuse, schedule and build a Relax module for a target, and export it with the target's toolchain."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from targets import Target
+
+from .errors import CompileFailure, ToolchainError
+from .frontend import TensorSpec, _one_line
+
+
+@dataclass
+class BuildStats:
+    """What the pipeline did to the graph: operators before, kernels after, planned memory."""
+
+    graph_ops: int
+    kernels: int
+    launches: int
+    kernel_names: list[str]
+    planned_activation_bytes: int
+    weight_bytes: int
+    outputs: list[TensorSpec] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"graph_ops": self.graph_ops, "kernels": self.kernels, "launches": self.launches,
+                "kernel_names": self.kernel_names}
+
+
+def tvm_target(target: Target):
+    import tvm
+
+    return tvm.target.Target(target.tvm)
+
+
+def toolchain(target: Target) -> tuple[str | None, str]:
+    """The compiler that links the library (None: TVM's default host compiler) and its version line."""
+    compiler = target.cross_compiler
+    exe = compiler or "g++"
+    if shutil.which(exe) is None:
+        pkg = target.cross_compiler_package or "g++"
+        raise ToolchainError(f"target {target.name} needs the C++ compiler {exe}, which is not installed: apt-get install {pkg}")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    return compiler, (out.stdout.splitlines() or [exe])[0]
+
+
+def _output_specs(mod, names: list[str]) -> list[TensorSpec]:
+    from tvm import relax
+
+    ret = mod["main"].ret_ty
+    leaves = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    specs = []
+    for i, sinfo in enumerate(leaves):
+        if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+            raise CompileFailure("the model returns something other than tensors of known shape; only tensor outputs are supported")
+        shape = tuple(int(v) for v in sinfo.shape.values)
+        name = names[i] if i < len(names) else f"output_{i}"
+        specs.append(TensorSpec(name, shape, str(sinfo.dtype)))
+    return specs
+
+
+def _count_graph_ops(mod) -> int:
+    import tvm
+    from tvm import relax
+
+    count = 0
+
+    def visit(expr):
+        nonlocal count
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            count += 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return count
+
+
+def _lowered_stats(mod) -> tuple[int, int, list[str], int, int]:
+    import tvm
+    from tvm import relax, tirx
+
+    kernels = sorted(str(gv.name_hint) for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc))
+    kernel_set = set(kernels)
+    launches = 0
+    storage = 0
+    weights = 0
+
+    def visit(expr):
+        nonlocal launches, storage, weights
+        if isinstance(expr, relax.Call):
+            if isinstance(expr.op, relax.GlobalVar) and expr.op.name_hint in kernel_set:
+                launches += 1
+            elif isinstance(expr.op, tvm.ir.Op) and expr.op.name in ("relax.vm.alloc_storage", "relax.memory.alloc_storage"):
+                size = expr.args[0]
+                if isinstance(size, relax.ShapeExpr):
+                    storage += int(np.prod([int(v) for v in size.values]))
+        elif isinstance(expr, tvm.ir.GenericConst) and hasattr(expr.value, "shape"):
+            data = expr.value
+            weights += int(np.prod(data.shape)) * np.dtype(str(data.dtype)).itemsize
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return len(kernels), launches, kernels, storage, weights
+
+
+def relax_pipeline(target: Target):
+    """The Relax pipeline for the target, operator fusion on (CPU targets don't fuse by default)."""
+    from tvm import relax
+
+    return relax.get_default_pipeline(tvm_target(target))
+
+
+def build_library(mod, target: Target, lib_path: Path, output_names: list[str]) -> tuple[BuildStats, str]:
+    """Lower, build and export `mod` to `lib_path`; returns the stats and the toolchain line."""
+    import tvm
+
+    compiler, compiler_line = toolchain(target)
+    if target.device == "cuda":
+        from .cuda import enable_cuda_codegen
+
+        compiler_line += f"; {enable_cuda_codegen()}"
+    tt = tvm_target(target)
+    outputs = _output_specs(mod, output_names)
+    graph_ops = _count_graph_ops(mod)
+    try:
+        with tt:
+            lowered = relax_pipeline(target)(mod)
+        kernels, launches, names, planned, weights = _lowered_stats(lowered)
+        with tt:
+            ex = tvm.compile(lowered, target=tt, relax_pipeline=None)
+    except Exception as exc:
+        raise CompileFailure(f"TVM could not build the model for {target.name}: {_one_line(exc)}") from None
+    try:
+        if compiler:
+            ex.export_library(str(lib_path), fcompile=tvm.support.cc.cross_compiler(compiler))
+        else:
+            ex.export_library(str(lib_path))
+    except Exception as exc:
+        raise CompileFailure(f"linking the library for {target.name} failed: {_one_line(exc)}") from None
+    stats = BuildStats(graph_ops, kernels, launches, names, planned, weights, outputs)
+    return stats, compiler_line
