@@ -1,0 +1,255 @@
+"""The `autoglm` command line. User errors become one line on stderr and exit code 2 (usage) or 1 (failure)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import targets as targets_mod
+from compile import AutoglmError, UsageError
+
+app = typer.Typer(
+    help="Open-AutoGLM Edge: compile models for edge targets with Apache TVM, verify, run and inspect them.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+# Wide when piped, so tables and summaries stay one line per row in logs.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+TargetsDir = Annotated[Optional[Path], typer.Option("--targets-dir", help=f"Extra directory of target TOML files (also ${targets_mod.ENV_VAR}).")]
+
+
+@app.command("targets")
+def targets_cmd(targets_dir: TargetsDir = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the known targets and whether this machine can build for and run them."""
+    import json
+
+    found = targets_mod.list_targets(targets_dir)
+    if as_json:
+        rows = [{"name": t.name, "arch": t.arch, "device": t.device, "tvm_target": t.tvm, "toolchain": t.cross_compiler or "g++",
+                 "toolchain_found": t.toolchain_found(), "emulator": t.emulator, "runs_here": t.runnable_here(),
+                 "threads": t.threads, "rpc_key": t.rpc_key, "source": t.source} for t in found]
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="autoglm targets")
+    for col in ("name", "arch", "TVM target", "toolchain", "emulator", "on this machine"):
+        table.add_column(col, overflow="fold")
+    for t in found:
+        tvm = t.tvm.get("host", t.tvm) if t.device == "cuda" else t.tvm
+        tvm_s = (f"cuda {t.tvm.get('arch', '')} + " if t.device == "cuda" else "") + f"llvm {tvm.get('mcpu', tvm.get('mtriple', ''))}"
+        tool = t.cross_compiler or "g++ (native)"
+        here = ("build: yes" if t.toolchain_found() else f"build: no (apt-get install {t.cross_compiler_package or 'g++'})")
+        here += f", run: {t.runnable_here()}"
+        table.add_row(t.name, t.arch + ("/cuda" if t.device == "cuda" else ""), tvm_s, tool, t.emulator or "-", here)
+    console.print(table)
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Annotated[Path, typer.Argument(help="An .onnx or .tflite file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Artifact directory to write.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name (see `autoglm targets`).")] = "host",
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix an input's shape: NAME=D0,D1,... (repeatable).")] = None,
+    verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="Check against the reference runtime (default: on when the target runs here).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random verification inputs.")] = 0,
+    atol: Annotated[float, typer.Option(help="Verification absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Verification relative tolerance.")] = 1e-3,
+    targets_dir: TargetsDir = None,
+) -> None:
+    """Compile a model for a target into an artifact directory (library + manifest), atomically."""
+    from compile import compile_model, parse_shape_overrides
+
+    tgt = targets_mod.load_target(target, targets_dir)
+    shapes = parse_shape_overrides(input_shape)
+    result = compile_model(model, tgt, output, input_shapes=shapes, verify=verify, seed=seed, atol=atol, rtol=rtol)
+    _print_summary(result.artifact, result.manifest)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _print_summary(path: Path, m: dict[str, Any]) -> None:
+    t, f, mem, v = m["target"], m["fusion"], m["memory"], m["verification"]
+    lib_size = (path / m["library"]).stat().st_size
+    console.print(f"[bold]{path}[/bold]: {m['model']['name']} ({m['model']['format']}) for {t['name']} ({t['arch']}/{t['device']}), {m['precision']['mode']}")
+    console.print(f"  inputs:  " + ", ".join(f"{s['name']} {s['shape']} {s['dtype']}" for s in m["inputs"]))
+    console.print(f"  outputs: " + ", ".join(f"{s['name']} {s['shape']} {s['dtype']}" for s in m["outputs"]))
+    console.print(f"  fusion:  {f['graph_ops']} graph operators -> {f['kernels']} kernels, {f['launches']} launches")
+    console.print(f"  memory:  {_fmt_bytes(mem['planned_activation_bytes'])} planned activations, {_fmt_bytes(mem['weight_bytes'])} weights, library {_fmt_bytes(lib_size)}")
+    if v.get("passed") is None:
+        console.print(f"  verify:  skipped ({v.get('skipped')})")
+    else:
+        console.print(f"  verify:  {'passed' if v['passed'] else 'FAILED'} against {v['reference']} {v['reference_version']}: "
+                      f"max abs error {v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}")
+    for note in m.get("notes", []):
+        console.print(f"  note:    {note}")
+
+
+def _load_npy(spec: str) -> tuple[str, np.ndarray]:
+    name, sep, file = spec.partition("=")
+    if not sep or not name or not file:
+        raise UsageError(f"--input {spec!r} is not NAME=FILE.npy")
+    path = Path(file)
+    if not path.is_file():
+        raise UsageError(f"input file {path} does not exist")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"input file {path} is not a .npy array ({exc})") from None
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        raise UsageError(f"input file {path} is an .npz archive; save each input as its own .npy file")
+    return name, arr
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _describe_outputs(outputs: dict[str, np.ndarray]) -> None:
+    for name, arr in outputs.items():
+        line = f"  {name}: shape {list(arr.shape)} {arr.dtype}"
+        if arr.size and arr.dtype.kind in "fiu":
+            line += f", min {arr.min():.4g}, max {arr.max():.4g}, mean {arr.mean():.4g}"
+        console.print(line)
+        if arr.ndim == 2 and arr.shape[0] == 1 and arr.dtype.kind == "f" and arr.shape[1] > 1:
+            top = np.argsort(arr[0])[::-1][:5]
+            console.print("    top-5: " + ", ".join(f"{i} ({arr[0, i]:.4g})" for i in top))
+
+
+@app.command("run")
+def run_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory from `autoglm compile`.")],
+    input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="NAME=FILE.npy (repeatable).")] = None,
+    random: Annotated[bool, typer.Option("--random", help="Feed deterministic random inputs.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for --random.")] = 0,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the outputs to this .npz file.")] = None,
+) -> None:
+    """Run an artifact on this machine and print a summary of its outputs."""
+    from compile import random_inputs
+    from toolkit import runtime
+
+    if not input and not random:
+        raise UsageError("give --input NAME=FILE.npy for each model input, or --random")
+    if input and random:
+        raise UsageError("give either --input or --random, not both")
+    model = runtime.load(artifact)
+    feeds = dict(_load_npy(s) for s in input) if input else random_inputs(list(model.inputs), seed)
+    outputs = model.run(feeds)
+    console.print(f"[bold]{artifact}[/bold] ({model.manifest['model']['name']} on {model.manifest['target']['name']}):")
+    _describe_outputs(outputs)
+    if output is not None:
+        _save_npz_atomic(output, outputs)
+        console.print(f"  outputs written to {output}")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show an artifact's manifest and whether its files match their checksums."""
+    import json
+
+    from compile import ArtifactError, check_artifact, read_manifest
+
+    manifest = read_manifest(artifact)
+    try:
+        check_artifact(artifact)
+        integrity = "ok: every file matches its sha256"
+    except ArtifactError as exc:
+        integrity = f"FAILED: {exc}"
+    if as_json:
+        print(json.dumps({**manifest, "integrity": integrity}, indent=2))
+        return
+    _print_summary(artifact, manifest)
+    t = manifest["target"]
+    console.print(f"  target:  {json.dumps(t['tvm_target'])}")
+    console.print(f"  built:   {manifest['created_utc']} with TVM {manifest['tvm_version']}, {manifest['toolchain']['version']}")
+    console.print(f"  source:  {manifest['model']['source_file']} sha256 {manifest['model']['sha256'][:16]}...")
+    console.print(f"  kernels: " + ", ".join(manifest["fusion"]["kernel_names"]))
+    console.print(f"  tuning:  {manifest['tuning']['records_applied']} records applied")
+    console.print(f"  files:   {integrity}")
+
+
+@app.command("export")
+def export_cmd(
+    name: Annotated[str, typer.Argument(help="Built-in model: convnet, transformer, mobilenetv2, resnet18, bert-mini.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write.")],
+    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
+) -> None:
+    """Export a built-in model to ONNX (checked against onnxruntime)."""
+    from toolkit.export import export_zoo_model
+
+    path = export_zoo_model(name, output, seed)
+    console.print(f"wrote {path} ({_fmt_bytes(path.stat().st_size)}), checked against onnxruntime")
+
+
+@app.command("demo")
+def demo_cmd(
+    model: Annotated[str, typer.Option(help="Built-in model to use.")] = "convnet",
+    workdir: Annotated[Path, typer.Option("-o", "--output", help="Where to put the ONNX file and the artifact.")] = Path("build/demo"),
+) -> None:
+    """The main job on this machine: export a built-in model, compile it for host, verify it, run it."""
+    import time
+
+    from compile import compile_model, random_inputs
+    from toolkit import runtime
+    from toolkit.export import export_zoo_model
+
+    onnx_path = export_zoo_model(model, workdir / f"{model}.onnx")
+    console.print(f"1. exported {model} to {onnx_path} (checked against onnxruntime)")
+    result = compile_model(onnx_path, targets_mod.load_target("host"), workdir / f"{model}-host", verify=True)
+    console.print("2. compiled for host and verified:")
+    _print_summary(result.artifact, result.manifest)
+    m = runtime.load(result.artifact)
+    feeds = random_inputs(list(m.inputs), seed=1)
+    start = time.perf_counter()
+    outputs = m.run(feeds)
+    ms = (time.perf_counter() - start) * 1e3
+    console.print(f"3. ran it with the Python runtime ({ms:.2f} ms, first call):")
+    _describe_outputs(outputs)
+
+
+def _register_subcommands() -> None:
+    try:
+        from toolkit.cli_runtime import runtime_app
+    except ImportError:
+        return
+    app.add_typer(runtime_app, name="runtime")
+
+
+def main() -> None:
+    """Console entry point: one line and an exit code for every user-facing error."""
+    _register_subcommands()
+    try:
+        app()
+    except (AutoglmError, targets_mod.TargetError) as exc:
+        code = 2 if isinstance(exc, (UsageError, targets_mod.TargetError)) else getattr(exc, "exit_code", 1)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(code)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The Python runtime edge apps embed: load an artifact, run it, swap in a new version live.
+
+    from toolkit import runtime
+    m = runtime.load("build/mbv2-host")
+    y = m.run({"x": arr})          # dict of output name -> numpy array
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compile import ArtifactError, TensorSpec, UsageError, VMExecutor, check_artifact
+from targets import host_arch
+
+
+@dataclass(frozen=True)
+class _Version:
+    """One loaded artifact; each thread runs it on a VM of its own."""
+
+    path: Path
+    manifest: dict[str, Any]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    base: VMExecutor
+    local: threading.local
+
+    def executor(self) -> VMExecutor:
+        ex = getattr(self.local, "ex", None)
+        if ex is None:
+            ex = self.base.fork()
+            self.local.ex = ex
+        return ex
+
+
+def _open(path: str | Path) -> _Version:
+    path = Path(path)
+    manifest = check_artifact(path, for_arch=host_arch())
+    device = manifest["target"]["device"]
+    if device == "cuda":
+        import tvm
+
+        if not tvm.cuda(0).exist:
+            raise ArtifactError(f"{path} is built for an NVIDIA GPU and this machine has none: run it on the target device")
+    try:
+        base = VMExecutor(path / manifest["library"], device)
+    except Exception as exc:
+        raise ArtifactError(f"cannot load {path / manifest['library']}: {str(exc).strip().splitlines()[-1]}") from None
+    return _Version(
+        path=path, manifest=manifest,
+        inputs=tuple(TensorSpec.from_json(s) for s in manifest["inputs"]),
+        outputs=tuple(TensorSpec.from_json(s) for s in manifest["outputs"]),
+        base=base, local=threading.local(),
+    )
+
+
+class Model:
+    """A loaded artifact. `run` may be called from many threads at once; `swap` replaces the version live."""
+
+    def __init__(self, version: _Version):
+        self._version = version
+        self._swap_lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self._version.path
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._version.manifest
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._version.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._version.outputs
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once on named inputs; returns named outputs. Wrong names, shapes or dtypes raise UsageError."""
+        version = self._version  # one read: a concurrent swap never mixes versions within a request
+        args = validate_inputs(version.inputs, inputs)
+        outs = version.executor().run(args)
+        return {spec.name: arr for spec, arr in zip(version.outputs, outs)}
+
+    def swap(self, new_artifact: str | Path) -> None:
+        """Load `new_artifact` and make it serve all later requests; in-flight requests finish on the old one.
+
+        The new version must take the same inputs and give the same outputs (names, shapes, dtypes).
+        """
+        new = _open(new_artifact)
+        with self._swap_lock:
+            old = self._version
+            if new.inputs != old.inputs or new.outputs != old.outputs:
+                raise UsageError(
+                    f"cannot swap {old.path} for {new.path}: inputs/outputs differ "
+                    f"({_sig(old)} vs {_sig(new)}); load it as a separate model instead"
+                )
+            self._version = new
+
+
+def _sig(v: _Version) -> str:
+    def fmt(specs):
+        return ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in specs)
+
+    return f"({fmt(v.inputs)}) -> ({fmt(v.outputs)})"
+
+
+def validate_inputs(specs: tuple[TensorSpec, ...] | list[TensorSpec], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The inputs in model order, after checking names, shapes and dtypes."""
+    names = [s.name for s in specs]
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise UsageError(f"unknown input {', '.join(map(repr, unknown))}; the model's inputs are: {', '.join(names)}")
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise UsageError(f"missing input {', '.join(map(repr, missing))}; the model's inputs are: {', '.join(names)}")
+    out = []
+    for s in specs:
+        arr = np.asarray(inputs[s.name])
+        if tuple(arr.shape) != s.shape:
+            raise UsageError(f"input {s.name!r} has shape {list(arr.shape)} but the model expects {list(s.shape)}")
+        if arr.dtype != np.dtype(s.dtype):
+            raise UsageError(f"input {s.name!r} has dtype {arr.dtype} but the model expects {s.dtype}")
+        out.append(arr)
+    return out
+
+
+def load(path: str | Path) -> Model:
+    """Load an artifact directory after checking its checksums and architecture."""
+    return Model(_open(path))
