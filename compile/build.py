@@ -108,10 +108,27 @@ def _lowered_stats(mod) -> tuple[int, int, list[str], int, int]:
 
 
 def relax_pipeline(target: Target):
-    """The Relax pipeline for the target, operator fusion on (CPU targets don't fuse by default)."""
-    from tvm import relax
+    """The Relax pipeline for the target, operator fusion on (CPU targets don't fuse by default).
 
-    return relax.get_default_pipeline(tvm_target(target))
+    CPU: TVM's CPU stages with this toolkit's schedule passes between fusion and lowering.
+    CUDA: TVM's GPU pipeline (fusion + dlight GPU schedules).
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    from .schedule import schedule_passes
+
+    tt = tvm_target(target)
+    if target.device == "cuda":
+        return relax.get_default_pipeline(tt)
+    return tvm.transform.Sequential(
+        cpu_generic.library_dispatch_passes(tt)
+        + cpu_generic.legalize_passes(tt)
+        + schedule_passes(target)
+        + cpu_generic.dataflow_lower_passes(tt)
+        + cpu_generic.finalize_passes(tt)
+    )
 
 
 def build_library(mod, target: Target, lib_path: Path, output_names: list[str]) -> tuple[BuildStats, str]:
