@@ -177,6 +177,13 @@ int Main(const Args& args) {
   options.num_threads = args.threads;
   autoglm::Runtime rt(args.artifact, options);
 
+  std::string input_names;
+  for (const auto& info : rt.inputs()) input_names += (input_names.empty() ? "" : ", ") + info.name;
+  for (const auto& kv : args.input_files) {
+    bool known = false;
+    for (const auto& info : rt.inputs()) known |= info.name == kv.first;
+    if (!known) throw UsageError("the model has no input '" + kv.first + "' (its inputs: " + input_names + ")");
+  }
   std::vector<autoglm::HostTensor> inputs;
   std::vector<std::string> sources;
   uint64_t state = args.seed;
@@ -190,15 +197,6 @@ int Main(const Args& args) {
     if (it == args.input_files.end()) throw UsageError("no --input given for input '" + info.name + "'");
     inputs.push_back(autoglm::ReadNpy(it->second));
     sources.push_back(it->second);
-  }
-  for (const auto& kv : args.input_files) {
-    bool known = false;
-    for (const auto& info : rt.inputs()) known |= info.name == kv.first;
-    if (!known) {
-      std::string names;
-      for (const auto& info : rt.inputs()) names += (names.empty() ? "" : ", ") + info.name;
-      throw UsageError("the model has no input '" + kv.first + "' (its inputs: " + names + ")");
-    }
   }
 
   const auto start = std::chrono::steady_clock::now();
