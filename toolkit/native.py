@@ -302,7 +302,8 @@ def run_artifact(
     `inputs` maps every input name to an array; None feeds the runner's own random inputs from
     `seed`. Artifacts for this machine's architecture run natively; aarch64 artifacts need
     `emulate=True` on an x86_64 machine and run under qemu-aarch64-static. `repeat=0` runs once,
-    untimed. `runtime_dir` is a build from `build_runtime` for the artifact's architecture
+    untimed. `threads` sizes TVM's CPU thread pool (None: TVM's default). `runtime_dir` is a
+    build from `build_runtime` for the artifact's architecture
     (default: build or reuse the cached one). The runner verifies checksums and architecture itself.
     """
     artifact_dir = Path(artifact_dir)

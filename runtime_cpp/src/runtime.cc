@@ -10,6 +10,7 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
