@@ -1,0 +1,79 @@
+"""Rule-based default CPU schedules for fused TIR kernels.
+
+`ScheduleKernels(target)` is an IRModule pass: for every PrimFunc not yet scheduled it tries the
+rules of `rules.py` in order (tiled reduction for conv2d / matmul / pooling, TVM's CPU reduction
+rule, elementwise) and keeps the first that applies. A scheduled PrimFunc carries the function
+attribute `autoglm.schedule` naming the rule and ISA, e.g. "conv2d-x86-avx2",
+"matmul-aarch64-neon"; kernels no rule recognises are left as they were, unmarked.
+"""
+
+from __future__ import annotations
+
+from targets import Target
+
+from .config import CpuConfig, cpu_config
+
+ATTR = "autoglm.schedule"
+
+__all__ = ["ATTR", "CpuConfig", "ScheduleKernels", "cpu_config", "schedule_func", "schedule_names"]
+
+
+def schedule_func(func, cfg: CpuConfig, tvm_target):
+    """The scheduled PrimFunc and its rule name, or (None, None) when no rule applies."""
+    from . import rules
+
+    attempts = (
+        lambda f: rules.tiled_reduction(f, cfg),
+        lambda f: rules.reduction(f, cfg, tvm_target),
+        lambda f: rules.elementwise(f, cfg),
+    )
+    for attempt in attempts:
+        try:
+            result = attempt(func)
+        except Exception:  # noqa: BLE001 - a rule that fails to apply leaves the kernel to the next one
+            result = None
+        if result is None:
+            continue
+        sch, kind = result
+        new = sch.mod["main"]
+        return new, f"{kind}-{cfg.isa}"
+    return None, None
+
+
+def ScheduleKernels(target: Target):  # noqa: N802 - a pass constructor, named like TVM's
+    """The module pass that applies the default schedules for `target`."""
+    import tvm
+    from tvm import tirx
+
+    cfg = cpu_config(target)
+    tvm_target = tvm.target.Target(target.tvm)
+
+    @tvm.transform.module_pass(opt_level=0, name="AutoglmScheduleKernels")
+    def _pass(mod, _ctx):
+        updates = {}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and ("tirx.is_scheduled" in func.attrs or ATTR in func.attrs):
+                continue
+            new, name = schedule_func(func, cfg, tvm_target)
+            if new is None:
+                continue
+            updates[gv] = new.with_attr(ATTR, name).with_attr("tirx.is_scheduled", True)
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
+
+
+def schedule_names(mod) -> dict[str, str | None]:
+    """Kernel name -> the rule that scheduled it (None: unscheduled), for manifests and tests."""
+    from tvm import tirx
+
+    out = {}
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            attrs = func.attrs
+            out[gv.name_hint] = str(attrs[ATTR]) if attrs is not None and ATTR in attrs else None
+    return out

@@ -1,0 +1,386 @@
+"""Rule-based default TIR schedules for CPU kernels (no tuning).
+
+Each rule looks at a fused PrimFunc's blocks (iteration kinds, buffer access patterns) and either
+returns a scheduled `s_tir.Schedule` plus the rule's name, or None when it does not apply.
+
+- `tiled_reduction`: one multiply-accumulate (or max/sum window) reduction block — conv2d of every
+  kind (regular, strided, 1x1, depthwise), dense/matmul/batch-matmul, pooling — with elementwise
+  prologues (padding, copies) and epilogues (bias, clip, residual add). Register tile
+  `mr x (rows x chunks x lanes)` with the reduction loops outside it, the innermost output axis
+  vectorised at the target's width, outer tiles fused into one parallel loop, the accumulator
+  tile kept in a local buffer (registers) and the fused epilogue computed per tile.
+- `reduction`: TVM dlight's CPU reduction rule (softmax, layer norm, mean).
+- `elementwise`: injective kernels (transposes, reshapes, GELU, adds, padding): chains inlined,
+  outer loops parallel, innermost loop vectorised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import CpuConfig
+
+
+def _ir():
+    import tvm_ffi
+    from tvm import s_tir, tirx
+
+    return tvm_ffi, s_tir, tirx
+
+
+def _vars_in(expr) -> set:
+    tvm_ffi, _, tirx = _ir()
+    found: set = set()
+    tvm_ffi.structural_walk(expr, (tirx.Var, found.add), order="post")
+    return found
+
+
+def _has_if_then_else(stmt) -> bool:
+    tvm_ffi, _, tirx = _ir()
+    hit = []
+
+    def visit(node):
+        op = getattr(node, "op", None)
+        if op is not None and str(getattr(op, "name", "")).endswith("if_then_else"):
+            hit.append(node)
+
+    import tvm
+
+    tvm_ffi.structural_walk(stmt, (tvm.ir.Call, visit), order="post")
+    return bool(hit)
+
+
+def _int(x) -> int | None:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _divisors_le(n: int, limit: int) -> list[int]:
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
+
+
+def _largest_divisor_le(n: int, limit: int) -> int:
+    return max(_divisors_le(n, max(1, limit)))
+
+
+def _root(sch):
+    _, s_tir, tirx = _ir()
+    from tvm.s_tir.dlight.analysis import get_root_block
+
+    return get_root_block(sch)
+
+
+def _is_spatial_block(stmt) -> bool:
+    _, _, tirx = _ir()
+    return all(iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars)
+
+
+def _is_reduction_block(stmt) -> bool:
+    _, _, tirx = _ir()
+    kinds = {iv.iter_type for iv in stmt.iter_vars}
+    return tirx.IterVar.CommReduce in kinds and kinds <= {tirx.IterVar.DataPar, tirx.IterVar.CommReduce}
+
+
+def vectorize_inner(sch, loop, extent: int, lanes: int) -> None:
+    """Vectorise `loop` (of constant `extent`) in pieces of at most `lanes` that divide it."""
+    if extent < 2 or lanes < 2:
+        return
+    if extent <= lanes:
+        sch.vectorize(loop)
+        return
+    width = _largest_divisor_le(extent, lanes)
+    if width < 2:
+        return
+    _, inner = sch.split(loop, factors=[None, width])
+    sch.vectorize(inner)
+
+
+def schedule_spatial_block(sch, block, cfg: CpuConfig, *, parallel: bool = True, min_parallel: int = 2048) -> None:
+    """Parallel outer loops and a vectorised innermost loop for one injective block."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    extents = [_int(sch.get(lp).extent) for lp in loops]
+    if any(e is None for e in extents):
+        return
+    stmt = sch.get(block)
+    bits = stmt.writes[0].source.dtype.bits if stmt.writes else 32
+    lanes = cfg.lanes(bits)
+    total = 1
+    for e in extents:
+        total *= e
+    inner = loops[-1]
+    inner_ext = extents[-1]
+    outer = loops[:-1]
+    if parallel and cfg.threads > 1 and total >= min_parallel and outer:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        sch.parallel(fused)
+    elif parallel and cfg.threads > 1 and total >= min_parallel and inner_ext >= 2 * lanes:
+        o, inner = sch.split(inner, factors=[None, _largest_divisor_le(inner_ext, lanes)])
+        sch.parallel(o)
+        inner_ext = _int(sch.get(inner).extent)
+    vectorize_inner(sch, inner, inner_ext, lanes)
+
+
+# --------------------------------------------------------------------------------------------------
+# tiled reduction: conv2d / matmul / pooling
+
+
+@dataclass
+class _MainInfo:
+    kind: str           # "conv2d", "conv2d-depthwise", "matmul", "pool"
+    v: int              # iter index vectorised (innermost output axis)
+    m: int | None       # iter index register-blocked with reuse of the streamed operand
+    row: int | None     # iter index of extra row blocking (next-to-innermost output axis)
+
+
+def _analyse_main(stmt) -> _MainInfo | None:
+    _, _, tirx = _ir()
+    iters = list(stmt.iter_vars)
+    if len(stmt.writes) != 1:
+        return None
+    out = stmt.writes[0]
+    if any(_int(r.extent) != 1 for r in out.region):
+        return None
+    out_idx = [r.min for r in out.region]
+    var_pos = {iv.var: i for i, iv in enumerate(iters)}
+    spatial = {i for i, iv in enumerate(iters) if iv.iter_type == tirx.IterVar.DataPar}
+    reduce_ = [i for i, iv in enumerate(iters) if iv.iter_type == tirx.IterVar.CommReduce]
+    # Every output index must be a plain spatial iterator.
+    plain = []
+    for e in out_idx:
+        if not isinstance(e, tirx.Var) or e not in var_pos or var_pos[e] not in spatial:
+            if _int(e) is None:
+                return None
+            plain.append(None)
+            continue
+        plain.append(var_pos[e])
+    if plain[-1] is None:
+        return None
+    v = plain[-1]
+    reads = [r for r in stmt.reads if not r.source.same_as(out.source)]
+    if not reads or any(any(_int(x.extent) != 1 for x in r.region) for r in reads):
+        return None
+    v_var = iters[v].var
+    streamed = [r for r in reads if v_var in _vars_in(r.region[-1].min)]
+    if not streamed:
+        return None
+    streamed_vars: set = set()
+    for r in streamed:
+        for x in r.region:
+            streamed_vars |= _vars_in(x.min)
+    candidates = [i for i in plain[:-1] if i is not None and iters[i].var not in streamed_vars
+                  and (_int(iters[i].dom.extent) or 0) > 1]
+    m = max(candidates, key=lambda i: _int(iters[i].dom.extent)) if candidates else None
+    row = None
+    if len(plain) >= 2 and plain[-2] is not None and plain[-2] != m and (_int(iters[plain[-2]].dom.extent) or 0) > 1:
+        row = plain[-2]
+    # Window access: some read index combines a spatial and a reduction iterator (y*s + ry).
+    red_vars = {iters[i].var for i in reduce_}
+    window = False
+    for r in reads:
+        for x in r.region:
+            used = _vars_in(x.min)
+            if used & red_vars and used & {iters[i].var for i in spatial}:
+                window = True
+    if len(reads) >= 2:
+        if window:
+            kind = "conv2d" if m is not None else "conv2d-depthwise"
+        else:
+            kind = "matmul"
+    else:
+        kind = "pool" if window else "reduce"
+    return _MainInfo(kind, v, m, row)
+
+
+def _choose_tile(cfg: CpuConfig, lanes: int, ext_v: int, ext_m: int, ext_row: int) -> tuple[int, int, int, int]:
+    """(mr, rows, chunks, width): register tile of mr x rows x chunks vectors of `width` lanes."""
+    width = ext_v if ext_v <= lanes else _largest_divisor_le(ext_v, lanes)
+    nvec = ext_v // width
+    budget = cfg.accumulators
+    mr_max = 8 if cfg.vector_regs >= 32 else 6
+    best = None
+    for mr in _divisors_le(ext_m, mr_max):
+        for chunks in _divisors_le(nvec, budget):
+            rows_opts = _divisors_le(ext_row, budget) if chunks == nvec else [1]
+            for rows in rows_opts:
+                vecs = rows * chunks
+                if mr * vecs > budget or vecs > 8:
+                    continue
+                # FMAs per (load + broadcast): operand reuse of the tile; prefer bigger tiles on ties.
+                score = (mr * vecs) / (mr + vecs) + 0.01 * mr * vecs + 0.001 * mr
+                if best is None or score > best[0]:
+                    best = (score, mr, rows, chunks)
+    if best is None:
+        return 1, 1, 1, width
+    _, mr, rows, chunks = best
+    return mr, rows, chunks, width
+
+
+def tiled_reduction(func, cfg: CpuConfig):
+    """Schedule a kernel built around one reduction block; returns (schedule, rule kind) or None."""
+    _, s_tir, tirx = _ir()
+    sch = s_tir.Schedule(func)
+    root = _root(sch)
+    blocks = list(sch.get_child_blocks(root))
+    stmts = [sch.get(b) for b in blocks]
+    red = [i for i, s in enumerate(stmts) if not _is_spatial_block(s)]
+    if len(red) != 1 or not _is_reduction_block(stmts[red[0]]):
+        return None
+    mi = red[0]
+    if not all(_is_spatial_block(s) for i, s in enumerate(stmts) if i != mi):
+        return None
+    main = blocks[mi]
+    info = _analyse_main(stmts[mi])
+    if info is None or info.kind == "reduce":
+        return None
+    loops = sch.get_loops(main)
+    iters = list(stmts[mi].iter_vars)
+    if len(loops) != len(iters):
+        return None
+    for lp, iv in zip(loops, iters):
+        if _int(sch.get(lp).extent) != _int(iv.dom.extent) or _int(iv.dom.extent) is None:
+            return None
+
+    # Prologue: plain copies and casts are inlined; padding (if_then_else) stays a separate, scheduled stage.
+    prologue_left = []
+    for i in range(mi):
+        blk = blocks[i]
+        if _has_if_then_else(stmts[i]):
+            prologue_left.append(blk)
+            continue
+        try:
+            sch.compute_inline(blk)
+        except Exception:  # noqa: BLE001 - a stage that cannot inline stays separate
+            prologue_left.append(blk)
+    # Epilogue: inline chains into the last stage(s).
+    epilogue = []
+    for i in range(mi + 1, len(blocks)):
+        try:
+            sch.compute_inline(blocks[i])
+        except Exception:  # noqa: BLE001
+            epilogue.append(blocks[i])
+
+    main_stmt = sch.get(main)
+    out_buf = main_stmt.writes[0].source
+    is_output = not any(out_buf.same_as(b) for b in sch.get(root).alloc_buffers)
+    if is_output:
+        if epilogue:
+            return None
+        epilogue = [sch.cache_write(main, 0, "local")]
+
+    bits = out_buf.dtype.bits
+    lanes = cfg.lanes(bits)
+    ext = [_int(iv.dom.extent) for iv in iters]
+    ext_v = ext[info.v]
+    ext_m = ext[info.m] if info.m is not None else 1
+    ext_row = ext[info.row] if info.row is not None else 1
+    mr, rows, chunks, width = _choose_tile(cfg, lanes, ext_v, ext_m, ext_row)
+
+    loops = sch.get_loops(main)
+    outer, inner = [], []
+    split_of = {}
+    for i, lp in enumerate(loops):
+        if iters[i].iter_type != tirx.IterVar.DataPar:
+            continue
+        if i == info.v:
+            o, c, w = sch.split(lp, factors=[None, chunks, width])
+            split_of[i] = (o, [c, w])
+        elif i == info.m and mr > 1:
+            o, n = sch.split(lp, factors=[None, mr])
+            split_of[i] = (o, [n])
+        elif i == info.row and rows > 1:
+            o, n = sch.split(lp, factors=[None, rows])
+            split_of[i] = (o, [n])
+        else:
+            split_of[i] = (lp, [])
+    spatial_order = [i for i in range(len(iters)) if iters[i].iter_type == tirx.IterVar.DataPar]
+    # Outer tile order: keep the output order, but move the reuse axis (m) innermost among the outer loops
+    # when the streamed operand's panel is what should stay in cache (many output channels, small spatial).
+    outer = [split_of[i][0] for i in spatial_order]
+    if info.m is not None and info.m in split_of and mr > 1:
+        pass
+    inner = []
+    if info.m is not None and info.m in split_of and split_of[info.m][1]:
+        inner += split_of[info.m][1]
+    if info.row is not None and split_of.get(info.row, (None, []))[1]:
+        inner += split_of[info.row][1]
+    inner += split_of[info.v][1]
+    red_loops = [loops[i] for i in range(len(iters)) if iters[i].iter_type == tirx.IterVar.CommReduce]
+    sch.reorder(*outer, *red_loops, *inner)
+    # Fuse the outer tile loops into one parallel loop.
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    n_tiles = _int(sch.get(fused).extent) or 1
+    if cfg.threads > 1 and n_tiles > 1:
+        sch.parallel(fused)
+    # Small window loops unrolled; the register tile unrolled and vectorised.
+    red_ext = [_int(sch.get(lp).extent) or 0 for lp in red_loops]
+    if red_loops and red_ext[-1] <= 7:
+        sch.unroll(red_loops[-1])
+        if len(red_loops) >= 2 and red_ext[-2] * red_ext[-1] <= 16:
+            sch.unroll(red_loops[-2])
+    for lp in inner[:-1]:
+        sch.unroll(lp)
+    if width > 1:
+        sch.vectorize(inner[-1])
+
+    # Epilogue computed per tile, the accumulator tile local.
+    for blk in epilogue:
+        try:
+            sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
+        except Exception:  # noqa: BLE001
+            return None
+        elp = sch.get_loops(blk)[1:]
+        if elp:
+            e_ext = _int(sch.get(elp[-1]).extent) or 1
+            vectorize_inner(sch, elp[-1], e_ext, lanes)
+    if not is_output:
+        sch.set_scope(main, 0, "local")
+    init = sch.decompose_reduction(main, red_loops[0])
+    ilp = sch.get_loops(init)[1:]
+    for lp in ilp[:-1]:
+        sch.unroll(lp)
+    if ilp and width > 1:
+        sch.vectorize(ilp[-1])
+    for blk in prologue_left:
+        schedule_spatial_block(sch, blk, cfg)
+    return sch, info.kind
+
+
+# --------------------------------------------------------------------------------------------------
+# reductions and elementwise
+
+
+def reduction(func, cfg: CpuConfig, tvm_target):
+    """TVM dlight's CPU reduction rule (softmax, layer norm, mean...)."""
+    from tvm.s_tir.dlight.cpu import Reduction
+
+    sch = Reduction().apply(func, tvm_target, False)
+    if sch is None:
+        return None
+    return sch, "reduction"
+
+
+def elementwise(func, cfg: CpuConfig):
+    """Injective kernels: inline chains, then parallel + vectorised loops per remaining stage."""
+    _, s_tir, _ = _ir()
+    sch = s_tir.Schedule(func)
+    root = _root(sch)
+    blocks = list(sch.get_child_blocks(root))
+    if not blocks or not all(_is_spatial_block(sch.get(b)) for b in blocks):
+        return None
+    left = []
+    for b in blocks[:-1]:
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001
+            left.append(b)
+    left.append(blocks[-1])
+    for b in left:
+        try:
+            schedule_spatial_block(sch, b, cfg)
+        except Exception:  # noqa: BLE001
+            return None
+    return sch, "elementwise"

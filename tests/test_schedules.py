@@ -1,0 +1,230 @@
+"""Default CPU schedules (compile/schedules): which rule each kernel gets, outputs equal onnxruntime,
+and the scheduled kernels compile for aarch64 and armv7 (and run under qemu where the C++ runner is).
+
+Every single-op model below goes through the real pipeline: torch -> ONNX (checked against
+onnxruntime) -> Relax -> fuse -> schedule -> build -> verify against onnxruntime (1e-4 abs / 1e-3 rel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import targets
+from compile import compile_model
+from compile.build import relax_pipeline
+from compile.frontend import load_model
+from compile.schedule import NO_SCHEDULES_ENV, schedule_passes
+from compile.schedules import ATTR, cpu_config, schedule_names
+from toolkit.export import export_onnx
+
+ARM_TARGETS = {
+    "aarch64": ("rpi4", "aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "aarch64-neon"),
+    "armv7": ("armv7", "arm-linux-gnueabihf-g++", "g++-arm-linux-gnueabihf", "armv7-neon"),
+}
+
+
+class ConvAct(nn.Module):
+    """conv2d + bias + ReLU6 (the clip epilogue)."""
+
+    def __init__(self, cin, cout, k, stride=1, groups=1, pad=None, act=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2 if pad is None else pad, groups=groups)
+        self.act = nn.ReLU6() if act else nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.conv(x))
+
+
+class PointwiseResidual(nn.Module):
+    """1x1 conv + bias + residual add."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+class Linear(nn.Module):
+    def __init__(self, k, n):
+        super().__init__()
+        self.fc = nn.Linear(k, n)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+class BatchMatmul(nn.Module):
+    """Attention-style batch matmul with a scale epilogue: (q @ k^T) / 8 @ v."""
+
+    def forward(self, x):
+        return torch.softmax(x @ x.transpose(-1, -2) / 8.0, dim=-1) @ x
+
+
+class Pools(nn.Module):
+    def forward(self, x):
+        return nn.functional.max_pool2d(x, 3, 2, 1) + nn.functional.avg_pool2d(x, 2, 2)
+
+
+# name -> (module, input shape, rule kinds that must appear)
+OPS = {
+    "conv3x3": (lambda: ConvAct(8, 24, 3), (1, 8, 20, 20), {"conv2d"}),
+    "conv3x3-stride2-odd": (lambda: ConvAct(3, 10, 3, stride=2), (1, 3, 29, 23), {"conv2d"}),
+    "conv7x7-stride2": (lambda: ConvAct(3, 16, 7, stride=2, act=False), (1, 3, 32, 32), {"conv2d"}),
+    "depthwise3x3": (lambda: ConvAct(16, 16, 3, groups=16), (1, 16, 14, 14), {"conv2d-depthwise"}),
+    "depthwise3x3-stride2": (lambda: ConvAct(24, 24, 3, stride=2, groups=24), (1, 24, 15, 15), {"conv2d-depthwise"}),
+    "pointwise-residual": (lambda: PointwiseResidual(32), (1, 32, 7, 7), {"conv2d"}),
+    "linear": (lambda: Linear(40, 10), (3, 40), {"matmul"}),
+    "batch-matmul": (lambda: BatchMatmul(), (2, 16, 12), {"matmul", "reduction"}),
+    "pools": (lambda: Pools(), (1, 8, 16, 16), {"pool"}),
+}
+
+
+def _export(name: str, out: Path) -> Path:
+    build, shape, _ = OPS[name]
+    torch.manual_seed(0)
+    module = build().eval()
+    return export_onnx(module, torch.randn(shape), out / f"{name}.onnx")
+
+
+def _schedule_only(onnx_path: Path, target) -> dict[str, str | None]:
+    """Kernel -> rule after fusion and scheduling (before lowering), for `target`."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    model = load_model(onnx_path)
+    tt = tvm.target.Target(target.tvm)
+    with tt:
+        mod = tvm.transform.Sequential(
+            cpu_generic.library_dispatch_passes(tt) + cpu_generic.legalize_passes(tt) + schedule_passes(target)
+        )(model.mod)
+    return schedule_names(mod)
+
+
+def _is_compute_kernel(name: str) -> bool:
+    return any(k in name for k in ("conv2d", "matmul", "dense", "pool"))
+
+
+@pytest.fixture(scope="module")
+def op_models(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("sched-ops")
+    return {name: _export(name, out) for name in OPS}
+
+
+@pytest.fixture(scope="module")
+def host():
+    return targets.load_target("host")
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_rule_applied_and_matches_onnxruntime(name, op_models, host, tmp_path):
+    names = _schedule_only(op_models[name], host)
+    isa = cpu_config(host).isa
+    kinds = {v[: -len(isa) - 1] for v in names.values() if v}
+    assert OPS[name][2] <= kinds, names
+    unscheduled = [k for k, v in names.items() if v is None and _is_compute_kernel(k)]
+    assert not unscheduled, f"conv/matmul/pool kernels left unscheduled: {unscheduled}"
+    assert all(v is None or v.endswith(isa) for v in names.values())
+    # compile_model verifies against onnxruntime and raises VerificationError on a mismatch.
+    result = compile_model(op_models[name], host, tmp_path / "art")
+    assert result.manifest["verification"]["passed"] is True
+
+
+def test_zoo_convnet_every_kernel_scheduled(convnet_onnx, host, tmp_path):
+    names = _schedule_only(convnet_onnx, host)
+    assert names and all(v is not None for v in names.values()), names
+    result = compile_model(convnet_onnx, host, tmp_path / "art")
+    assert result.manifest["verification"]["passed"] is True
+    assert result.manifest["verification"]["max_abs_error"] <= 1e-4
+
+
+def test_zoo_transformer_matmuls_scheduled(transformer_onnx, host, tmp_path):
+    names = _schedule_only(transformer_onnx, host)
+    matmuls = {k: v for k, v in names.items() if "matmul" in k}
+    assert matmuls and all(v and v.startswith("matmul-") for v in matmuls.values()), names
+    result = compile_model(transformer_onnx, host, tmp_path / "art")
+    assert result.manifest["verification"]["passed"] is True
+
+
+def test_schedules_are_faithful_to_unscheduled_build(op_models, host, tmp_path, monkeypatch):
+    """Scheduled and unscheduled kernels agree with each other, not only with onnxruntime."""
+    from compile import VMExecutor, random_inputs
+
+    model = load_model(op_models["conv3x3-stride2-odd"])
+    inputs = random_inputs(model.inputs, 3)
+    outs = []
+    for disabled in (False, True):
+        if disabled:
+            monkeypatch.setenv(NO_SCHEDULES_ENV, "1")
+        art = compile_model(op_models["conv3x3-stride2-odd"], host, tmp_path / f"art{int(disabled)}").artifact
+        outs.append(VMExecutor(art / "model.so", "cpu").run([inputs[s.name] for s in model.inputs]))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+
+
+def test_env_var_disables_schedules(host, monkeypatch):
+    assert schedule_passes(host)
+    monkeypatch.setenv(NO_SCHEDULES_ENV, "1")
+    assert schedule_passes(host) == []
+
+
+def test_cpu_config_from_targets(host):
+    base = targets.load_target("x86-64-avx2")
+    assert cpu_config(base).vector_bits == 256 and cpu_config(base).isa == "x86-avx2"
+    avx512 = dataclasses.replace(base, tvm={**base.tvm, "mattr": ["+avx2", "+fma", "+avx512f"]}, features=())
+    assert cpu_config(avx512).vector_bits == 512 and cpu_config(avx512).vector_regs == 32
+    rpi4 = cpu_config(targets.load_target("rpi4"))
+    assert (rpi4.vector_bits, rpi4.vector_regs, rpi4.isa, rpi4.threads) == (128, 32, "aarch64-neon", 4)
+    armv7 = cpu_config(targets.load_target("armv7"))
+    assert (armv7.vector_bits, armv7.vector_regs, armv7.isa) == (128, 16, "armv7-neon")
+    assert cpu_config(host).lanes(32) >= 4
+
+
+@pytest.mark.parametrize("arch", list(ARM_TARGETS))
+def test_schedules_compile_for_arm(arch, op_models, convnet_onnx, tmp_path):
+    target_name, compiler, package, isa = ARM_TARGETS[arch]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} not found: apt-get install {package}")
+    target = targets.load_target(target_name)
+    for name in ("conv3x3-stride2-odd", "depthwise3x3", "pointwise-residual", "batch-matmul", "pools"):
+        names = _schedule_only(op_models[name], target)
+        assert any(v and v.endswith(isa) for v in names.values()), names
+        assert not [k for k, v in names.items() if v is None and _is_compute_kernel(k)], names
+        result = compile_model(op_models[name], target, tmp_path / name, verify=False)
+        assert result.manifest["target"]["arch"] == target.arch
+    names = _schedule_only(convnet_onnx, target)
+    assert all(v is not None for v in names.values()), names
+
+
+def test_scheduled_aarch64_model_runs_under_qemu(op_models, convnet_onnx, tmp_path):
+    """The scheduled convnet built for the Raspberry Pi 4, run by the C++ runner under qemu, equals onnxruntime."""
+    import onnxruntime as ort
+
+    from toolkit import native
+
+    for tool, package in (("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"), ("qemu-aarch64-static", "qemu-user-static"),
+                          ("cmake", "cmake")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found: apt-get install {package}")
+    try:
+        runtime = native.build_runtime("aarch64")
+    except native.NativeRuntimeError as exc:
+        pytest.skip(f"the aarch64 C++ runtime could not be built here: {exc}")
+    target = targets.load_target("rpi4")
+    rng = np.random.default_rng(5)
+    for model in (convnet_onnx, op_models["batch-matmul"]):
+        art = compile_model(model, target, tmp_path / model.stem, verify=False).artifact
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        x = rng.standard_normal([int(d) for d in inp.shape]).astype(np.float32)
+        result = native.run_artifact(art, {inp.name: x}, emulate=True, warmup=0, repeat=0, threads=2, runtime_dir=runtime)
+        (actual,) = result.outputs.values()
+        np.testing.assert_allclose(actual, sess.run(None, {inp.name: x})[0], rtol=1e-3, atol=1e-4)
+        assert result.emulated
