@@ -99,6 +99,11 @@ def compile_model(
         else:
             verification = {"passed": None, "skipped": f"target {target.name} ({target.arch}/{target.device}) does not run on this machine"
                             if not can_run_here else "disabled with --no-verify"}
+        if can_run_here:
+            from .explain import measure_kernel_times
+
+            inputs = random_inputs(model.inputs, seed)
+            measure_kernel_times(VMExecutor(lib, target.device), [inputs[s.name] for s in model.inputs], stats.kernel_rows)
         if model.prepared_onnx is not None:
             (tmp / "prepared.onnx").write_bytes(model.prepared_onnx)
         manifest = _manifest(model, target, stats, compiler_line, verification)

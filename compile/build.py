@@ -13,6 +13,7 @@ import numpy as np
 from targets import Target
 
 from .errors import CompileFailure, ToolchainError
+from .explain import kernel_table
 from .frontend import TensorSpec, _one_line
 
 
@@ -27,10 +28,14 @@ class BuildStats:
     planned_activation_bytes: int
     weight_bytes: int
     outputs: list[TensorSpec] = field(default_factory=list)
+    kernel_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        from .explain import patterns_summary
+
         return {"graph_ops": self.graph_ops, "kernels": self.kernels, "launches": self.launches,
-                "kernel_names": self.kernel_names}
+                "kernel_names": self.kernel_names, "patterns": patterns_summary(self.kernel_rows),
+                "kernel_table": self.kernel_rows}
 
 
 def tvm_target(target: Target):
@@ -147,6 +152,7 @@ def build_library(mod, target: Target, lib_path: Path, output_names: list[str]) 
         with tt:
             lowered = relax_pipeline(target)(mod)
         kernels, launches, names, planned, weights = _lowered_stats(lowered)
+        rows = kernel_table(lowered)
         with tt:
             ex = tvm.compile(lowered, target=tt, relax_pipeline=None)
     except Exception as exc:
@@ -158,5 +164,5 @@ def build_library(mod, target: Target, lib_path: Path, output_names: list[str]) 
             ex.export_library(str(lib_path))
     except Exception as exc:
         raise CompileFailure(f"linking the library for {target.name} failed: {_one_line(exc)}") from None
-    stats = BuildStats(graph_ops, kernels, launches, names, planned, weights, outputs)
+    stats = BuildStats(graph_ops, kernels, launches, names, planned, weights, outputs, rows)
     return stats, compiler_line
