@@ -43,6 +43,16 @@ def assert_nothing_written(out: Path) -> None:
         assert not leftovers, leftovers
 
 
+def tampered_copy(artifact: Path, dest: Path) -> Path:
+    """A copy of `artifact` whose library has one byte flipped (its manifest left as it was)."""
+    shutil.copytree(artifact, dest)
+    lib = dest / "model.so"
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    lib.write_bytes(bytes(data))
+    return dest
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 

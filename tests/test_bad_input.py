@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_nothing_written, assert_user_error, run_cli
+from conftest import assert_nothing_written, assert_user_error, run_cli, tampered_copy
 
 
 def test_missing_model_file(tmp_path):
@@ -134,12 +134,7 @@ def test_run_input_file_not_npy(host_artifact, tmp_path):
 
 
 def test_tampered_artifact_is_refused(host_artifact, tmp_path):
-    copy = tmp_path / "tampered"
-    shutil.copytree(host_artifact, copy)
-    lib = copy / "model.so"
-    data = bytearray(lib.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    lib.write_bytes(bytes(data))
+    copy = tampered_copy(host_artifact, tmp_path / "tampered")
     assert_user_error(run_cli("run", copy, "--random"), 1, "model.so does not match its checksum")
     from compile import ArtifactError
     from toolkit import runtime

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 import targets
-from conftest import have, run_cli
+from conftest import have, run_cli, tampered_copy
 from toolkit import native
 
 pytestmark = pytest.mark.skipif(targets.host_arch() != "x86_64", reason="these tests build the runtime for an x86_64 host")
@@ -111,12 +110,7 @@ def test_int64_inputs_transformer(host_runtime, transformer_onnx, tmp_path):
 
 
 def test_tampered_library_is_refused(host_runtime, host_artifact, tmp_path):
-    tampered = tmp_path / "tampered"
-    shutil.copytree(host_artifact, tampered)
-    lib = tampered / "model.so"
-    data = bytearray(lib.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    lib.write_bytes(bytes(data))
+    tampered = tampered_copy(host_artifact, tmp_path / "tampered")
     with pytest.raises(native.NativeRuntimeError, match="checksum mismatch for .*model.so") as info:
         native.run_artifact(tampered, None, repeat=0, runtime_dir=host_runtime)
     assert info.value.kind == "ChecksumError"

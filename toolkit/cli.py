@@ -108,8 +108,8 @@ def _print_summary(path: Path, m: dict[str, Any]) -> None:
     t, f, mem, v = m["target"], m["fusion"], m["memory"], m["verification"]
     lib_size = (path / m["library"]).stat().st_size
     console.print(f"[bold]{path}[/bold]: {m['model']['name']} ({m['model']['format']}) for {t['name']} ({t['arch']}/{t['device']}), {m['precision']['mode']}")
-    console.print(f"  inputs:  " + ", ".join(f"{s['name']} {s['shape']} {s['dtype']}" for s in m["inputs"]))
-    console.print(f"  outputs: " + ", ".join(f"{s['name']} {s['shape']} {s['dtype']}" for s in m["outputs"]))
+    console.print("  inputs:  " + ", ".join(f"{s['name']} {s['shape']} {s['dtype']}" for s in m["inputs"]))
+    console.print("  outputs: " + ", ".join(f"{s['name']} {s['shape']} {s['dtype']}" for s in m["outputs"]))
     console.print(f"  fusion:  {f['graph_ops']} graph operators -> {f['kernels']} kernels, {f['launches']} launches")
     console.print(f"  memory:  {_fmt_bytes(mem['planned_activation_bytes'])} planned activations, {_fmt_bytes(mem['weight_bytes'])} weights, library {_fmt_bytes(lib_size)}")
     if v.get("passed") is None:
@@ -210,7 +210,7 @@ def inspect_cmd(
     console.print(f"  target:  {json.dumps(t['tvm_target'])}")
     console.print(f"  built:   {manifest['created_utc']} with TVM {manifest['tvm_version']}, {manifest['toolchain']['version']}")
     console.print(f"  source:  {manifest['model']['source_file']} sha256 {manifest['model']['sha256'][:16]}...")
-    console.print(f"  kernels: " + ", ".join(manifest["fusion"]["kernel_names"]))
+    console.print("  kernels: " + ", ".join(manifest["fusion"]["kernel_names"]))
     console.print(f"  tuning:  {manifest['tuning']['records_applied']} records applied")
     console.print(f"  files:   {integrity}")
     if explain:
