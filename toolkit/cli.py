@@ -260,6 +260,8 @@ def _register_subcommands() -> None:
     from toolkit.cli_runtime import runtime_app
 
     app.add_typer(runtime_app, name="runtime")
+    from toolkit.cli_bench import register as register_bench
+    register_bench(app)
 
 
 def main() -> None:

@@ -1,0 +1,232 @@
+"""One benchmark run: every runtime at every thread count, interleaved block by block, outputs checked.
+
+For each thread count the toolkit's runtime and the baseline each get their own process (so that
+peak memory and thread pools are their own), load, run once on the same inputs (first inference,
+the outputs that are compared), warm up, and then take turns: one block of timed iterations each,
+alternating which goes first, until `repeat` iterations each are done.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from compile import check_artifact, random_inputs, read_manifest
+from compile.frontend import TensorSpec
+from compile.reference import compare
+from targets import host_arch
+
+from .config import LOCAL, QEMU, RPC, BenchConfig
+from .errors import BenchError, BenchUsageError
+from .result import BASELINE, TOOLKIT, RuntimeResult
+from .sources import RUNTIME_FOR_FORMAT, ModelSource, missing_source_message, resolve_source
+from .sysinfo import host_info
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BenchRun:
+    config: BenchConfig
+    manifest: dict[str, Any]
+    run_id: str
+    started_utc: str
+    host: dict[str, Any]
+    source: ModelSource | None
+    baseline: str | None                      # the timed baseline runtime, if any
+    reference: str | None                     # the runtime the outputs were checked against
+    results: list[RuntimeResult] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    profile: dict[str, Any] | None = None
+    finished_utc: str | None = None
+    duration_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def outputs_match(self) -> bool | None:
+        return all(c["passed"] for c in self.comparisons) if self.comparisons else None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_device(cfg: BenchConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    arch, here = manifest["target"]["arch"], host_arch()
+    kind = cfg.device.kind
+    if kind == LOCAL:
+        return check_artifact(cfg.artifact, for_arch=here)
+    manifest = check_artifact(cfg.artifact)
+    if kind == QEMU and arch == here:
+        raise BenchUsageError(f"{cfg.artifact} is built for {arch}, this machine's own architecture: bench it with "
+                              f"--device local (qemu emulates other architectures)")
+    if kind == QEMU and manifest["target"]["device"] != "cpu":
+        raise BenchUsageError(f"{cfg.artifact} is a {manifest['target']['device']} artifact; qemu emulates CPUs only")
+    return manifest
+
+
+def _choose_baseline(cfg: BenchConfig, fmt: str) -> str | None:
+    if cfg.baseline in (None, "none"):
+        return None
+    natural = RUNTIME_FOR_FORMAT[fmt]
+    if cfg.baseline == "auto":
+        return natural
+    if cfg.baseline != natural:
+        raise BenchUsageError(f"--baseline {cfg.baseline} cannot run this artifact's {fmt} model; use --baseline {natural}")
+    return natural
+
+
+def _toolkit_backend(cfg, run: BenchRun, threads, inputs, workdir, runtime_dir):
+    if cfg.device.kind == RPC:
+        from .rpc import RpcBackend
+
+        r = RuntimeResult("autoglm-rpc", TOOLKIT, threads, str(cfg.device))
+        return RpcBackend(cfg.device, cfg.artifact, run.manifest, r, inputs, warmup=cfg.warmup, timeout=cfg.timeout)
+    if cfg.python_runtime:
+        from .workers import WorkerBackend
+
+        r = RuntimeResult("autoglm-python", TOOLKIT, threads, "host")
+        return WorkerBackend("python", cfg.artifact, r, cfg.warmup, cfg.timeout, workdir)
+    from .native_backend import NativeBackend
+
+    emulate = cfg.device.kind == QEMU
+    where = f"qemu-{run.manifest['target']['arch']}" if emulate else "host"
+    r = RuntimeResult("autoglm-cpp", TOOLKIT, threads, where, emulated=emulate)
+    return NativeBackend(cfg.artifact, r, inputs, warmup=cfg.warmup, timeout=cfg.timeout, runtime_dir=runtime_dir,
+                         emulate=emulate)
+
+
+def _reference_backend(run: BenchRun, threads: int, warmup: int, timeout: float, workdir: Path, role: str):
+    from .workers import WorkerBackend
+
+    name = RUNTIME_FOR_FORMAT[run.source.format]
+    r = RuntimeResult(name, role, threads, "host")
+    return WorkerBackend(name, run.source.path, r, warmup, timeout, workdir)
+
+
+def _runtime_dir(cfg: BenchConfig, arch: str) -> Path | None:
+    if cfg.device.kind == RPC or cfg.python_runtime:
+        return None
+    from toolkit import native
+
+    try:
+        return native.build_runtime(arch)
+    except native.NativeRuntimeError as exc:
+        raise BenchError(f"cannot build the C++ runner for {arch}: {exc}") from None
+
+
+def _compare(run: BenchRun, actual: RuntimeResult, expected: RuntimeResult, cfg: BenchConfig) -> None:
+    sets = [actual.outputs, *actual.extra_outputs]
+    worst = None
+    for outs in sets:
+        c = compare(outs, expected.outputs, cfg.atol, cfg.rtol)
+        if worst is None or (not c.passed and worst.passed) or c.max_abs_error > worst.max_abs_error:
+            worst = c
+    run.comparisons.append({
+        "runtime": actual.runtime, "threads": actual.threads, "where": actual.where,
+        "against": expected.runtime, "against_threads": expected.threads, "output_sets": len(sets), **worst.to_json(),
+    })
+
+
+def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchRun:
+    """Run the benchmark `cfg` describes. Raises BenchError (nothing partial is returned) on any failure."""
+    say = progress or (lambda _msg: None)
+    cfg.validate()
+    manifest = _check_device(cfg, read_manifest(cfg.artifact))
+    fmt = manifest["model"]["format"]
+    baseline = _choose_baseline(cfg, fmt)
+    source = resolve_source(cfg.artifact, manifest, cfg.model_file)
+    if baseline and source is None:
+        raise BenchUsageError(missing_source_message(cfg.artifact, manifest, baseline))
+    if cfg.profile and manifest["target"]["arch"] != host_arch():
+        raise BenchUsageError(f"--profile runs the artifact in-process on this machine, and {cfg.artifact} is for "
+                              f"{manifest['target']['arch']}; per-kernel profiles under qemu or over RPC are not supported")
+    threads_list = cfg.threads or [int(manifest["target"].get("threads") or 1)]
+    run = BenchRun(cfg, manifest, uuid.uuid4().hex, _now(), host_info(), source, baseline,
+                   RUNTIME_FOR_FORMAT[fmt] if source else None)
+    if source is None:
+        run.notes.append(f"outputs not checked against a reference runtime: {manifest['model']['source_file']} does "
+                         f"not ship in the artifact (pass --model-file)")
+    specs = [TensorSpec.from_json(s) for s in manifest["inputs"]]
+    inputs = random_inputs(specs, cfg.seed)
+    runtime_dir = _runtime_dir(cfg, manifest["target"]["arch"])
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="autoglm-bench-"))
+    active: list = []
+    try:
+        input_files = {}
+        for i, (name, arr) in enumerate(inputs.items()):
+            p = workdir / f"input{i}.npy"
+            np.save(p, arr, allow_pickle=False)
+            input_files[name] = str(p)
+        reference_result: RuntimeResult | None = None
+        if source is not None and baseline is None:
+            say(f"reference outputs from {run.reference} ({source.origin})")
+            ref = _reference_backend(run, threads_list[0], 0, cfg.timeout, workdir, "reference")
+            active.append(ref)
+            ref.start(input_files)
+            ref.finish()
+            active.remove(ref)
+            reference_result = ref.result
+        for threads in threads_list:
+            backends = [_toolkit_backend(cfg, run, threads, inputs, workdir, runtime_dir)]
+            if baseline:
+                backends.append(_reference_backend(run, threads, cfg.warmup, cfg.timeout, workdir, BASELINE))
+            for b in backends:
+                active.append(b)
+                say(f"threads={threads}: starting {b.result.runtime} on {b.result.where}")
+                b.start(input_files)
+            done, rnd = 0, 0
+            while done < cfg.repeat:
+                n = min(cfg.block_size, cfg.repeat - done)
+                for b in (backends if rnd % 2 == 0 else backends[::-1]):
+                    b.block(n)
+                before, done, rnd = done, done + n, rnd + 1
+                if done == cfg.repeat or 4 * done // cfg.repeat > 4 * before // cfg.repeat:
+                    say(f"threads={threads}: timed {done}/{cfg.repeat} iterations per runtime")
+            for b in backends:
+                b.finish()
+                active.remove(b)
+                run.results.append(b.result)
+            expected = backends[1].result if baseline else reference_result
+            if expected is None and threads != threads_list[0]:
+                expected = next(r for r in run.results if r.role == TOOLKIT and r.threads == threads_list[0])
+            if expected is not None:
+                _compare(run, backends[0].result, expected, cfg)
+        if cfg.profile:
+            run.profile = _profile(cfg, run, threads_list[0], workdir, input_files, say)
+    except BaseException:
+        for b in active:
+            b.abort()
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    run.finished_utc = _now()
+    run.duration_s = time.monotonic() - t0
+    return run
+
+
+def _profile(cfg: BenchConfig, run: BenchRun, threads: int, workdir: Path, input_files, say) -> dict[str, Any]:
+    from .workers import WorkerBackend
+
+    say(f"profiling kernels with vm.set_instrument ({threads} threads)")
+    r = RuntimeResult("autoglm-python", "profile", threads, "host")
+    b = WorkerBackend("python", cfg.artifact, r, 0, cfg.timeout, workdir)
+    try:
+        b.start(input_files)
+        iterations = max(1, min(cfg.repeat, 20))
+        prof = b.profile(iterations)
+        b.finish()
+    except BaseException:
+        b.abort()
+        raise
+    return {"method": "vm.set_instrument (in-process Python runtime; shares are of instrumented kernel time)",
+            "threads": threads, **prof}

@@ -1,0 +1,156 @@
+"""The artifact on a board (or a fleet of boards) behind a TVM RPC tracker.
+
+Every server registered under the key gets one session; each interleaved block is split across
+the sessions, which time their share in parallel with `vm.time_evaluator("invoke_stateful", ...)`
+after `set_input` (the VM is never driven through `main` over RPC). Load time is measured on this
+side (upload + load_module + VM creation, network included), as is the first inference
+(set_input + invoke_stateful + get_outputs). The server's memory is not visible over RPC.
+
+TVM RPC has no authentication: trackers and servers stay on 127.0.0.1; a board is reached
+through an SSH tunnel (docs/bench-schema.md, "Reaching a board").
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RPC_SAFETY, DeviceSpec, is_loopback
+from .errors import BenchError, BenchUsageError, one_line
+from .result import RuntimeResult
+
+
+def _split(n: int, parts: int) -> list[int]:
+    base, extra = divmod(n, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+class _Session:
+    def __init__(self, remote, addr: str):
+        self.remote, self.addr = remote, addr
+        self.vm = self.dev = None
+
+
+class RpcBackend:
+    def __init__(self, device: DeviceSpec, artifact: Path, manifest: dict[str, Any], result: RuntimeResult,
+                 inputs: dict[str, np.ndarray], *, warmup: int, timeout: float):
+        self.device, self.artifact, self.manifest, self.result = device, artifact, manifest, result
+        self.inputs, self.warmup, self.timeout = inputs, warmup, timeout
+        self.sessions: list[_Session] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- connecting ---------------------------------------------------------------------------
+    def _servers(self, tracker) -> list[str]:
+        try:
+            summary = tracker.summary()
+        except Exception as exc:
+            raise BenchError(f"the RPC tracker at {self.device.host}:{self.device.port} did not answer: {one_line(exc)}") from None
+        servers = [s for s in summary.get("server_info", []) if s.get("key", "").split(":", 1)[-1] == self.device.key]
+        if not servers:
+            keys = sorted({s.get("key", "").split(":", 1)[-1] for s in summary.get("server_info", [])})
+            raise BenchError(f"no RPC server is registered under key {self.device.key!r} at tracker "
+                             f"{self.device.host}:{self.device.port} (keys there: {', '.join(keys) or 'none'}); start one with "
+                             f"`python -m tvm.exec.rpc_server --host 127.0.0.1 --tracker {self.device.host}:{self.device.port} "
+                             f"--key {self.device.key}`")
+        addrs = []
+        for s in servers:
+            host, port = s["addr"][0], s["addr"][1]
+            if not is_loopback(str(host)):
+                raise BenchUsageError(f"RPC server {host}:{port} under key {self.device.key!r} is not on a loopback "
+                                      f"address; {RPC_SAFETY}")
+            addrs.append(f"{host}:{port}")
+        return addrs
+
+    def _connect(self) -> None:
+        from tvm import rpc
+
+        d = self.device
+        try:
+            tracker = rpc.connect_tracker(d.host, d.port)
+        except Exception as exc:
+            raise BenchError(f"cannot reach the RPC tracker at {d.host}:{d.port} ({one_line(exc, 160)}); start it with "
+                             f"`python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port {d.port}`") from None
+        addrs = self._servers(tracker)
+        for addr in addrs:
+            try:
+                remote = tracker.request(d.key, priority=1, session_timeout=0, max_retry=3)
+            except Exception as exc:
+                raise BenchError(f"the tracker at {d.host}:{d.port} gave no session for key {d.key!r}: {one_line(exc, 200)}") from None
+            self.sessions.append(_Session(remote, addr))
+
+    # -- the backend interface ---------------------------------------------------------------------
+    def _guard(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except BenchError:
+            raise
+        except Exception as exc:
+            raise BenchError(f"the RPC session to {self.device} failed while {what} ({one_line(exc, 200)}); the server "
+                             f"may have died; this run's results were discarded") from None
+
+    def _prepare(self, s: _Session) -> tuple[float, float, list[np.ndarray]]:
+        import tvm
+        from tvm import relax
+
+        lib = self.artifact / self.manifest["library"]
+        name = f"autoglm-{self.manifest['files'][self.manifest['library']][:16]}.so"
+        start = time.perf_counter()
+        s.remote.upload(str(lib), name)
+        s.remote.get_function("runtime.config_threadpool")(0, self.result.threads)
+        rlib = s.remote.load_module(name)
+        s.dev = s.remote.cuda(0) if self.manifest["target"]["device"] == "cuda" else s.remote.cpu(0)
+        s.vm = relax.VirtualMachine(rlib, s.dev)
+        load_ms = (time.perf_counter() - start) * 1e3
+        order = [spec["name"] for spec in self.manifest["inputs"]]
+        start = time.perf_counter()
+        s.vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(self.inputs[n]), s.dev) for n in order])
+        s.vm.invoke_stateful("main")
+        outs = s.vm.get_outputs("main")
+        outs = [outs] if hasattr(outs, "numpy") else list(outs)
+        arrays = [o.numpy() for o in outs]
+        first_ms = (time.perf_counter() - start) * 1e3
+        if self.warmup:
+            s.vm.time_evaluator("invoke_stateful", s.dev, number=self.warmup, repeat=1)("main")
+        return load_ms, first_ms, arrays
+
+    def start(self, input_files: dict[str, str]) -> None:  # noqa: ARG002 - inputs are sent as tensors
+        self._guard("connecting", self._connect)
+        self._pool = ThreadPoolExecutor(max_workers=len(self.sessions))
+        prepared = [self._guard(f"loading the artifact on {s.addr}", self._prepare, s) for s in self.sessions]
+        r = self.result
+        r.load_ms, r.first_inference_ms, r.outputs = prepared[0]
+        r.output_names = [o["name"] for o in self.manifest["outputs"]]
+        r.extra_outputs = [p[2] for p in prepared[1:]]
+        r.processes = len(self.sessions)
+        if len(self.sessions) > 1:
+            r.notes.append(f"fleet of {len(self.sessions)} servers ({', '.join(s.addr for s in self.sessions)}): "
+                           f"blocks split across them, timed in parallel")
+
+    def _time(self, s: _Session, n: int) -> list[float]:
+        res = s.vm.time_evaluator("invoke_stateful", s.dev, number=1, repeat=n)("main")
+        return [t * 1e3 for t in res.results]
+
+    def block(self, n: int) -> None:
+        shares = [k for k in _split(n, len(self.sessions))]
+        jobs = [(s, k) for s, k in zip(self.sessions, shares) if k]
+        futures = [self._pool.submit(self._guard, f"timing on {s.addr}", self._time, s, k) for s, k in jobs]
+        for f in futures:
+            self.result.samples_ms.extend(f.result(timeout=self.timeout))
+
+    def finish(self) -> None:
+        self.result.notes.append("peak RSS of the RPC server is not visible over RPC; load and first-inference times include the network")
+        self._close()
+
+    def abort(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        for s in self.sessions:
+            s.vm = s.dev = None
+        self.sessions = []

@@ -1,0 +1,168 @@
+"""`autoglm bench` and `autoglm history`: benchmark an artifact against a baseline; list past runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def bench_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory from `autoglm compile`.")],
+    device: Annotated[str, typer.Option("--device", "-d", help="local (C++ runner), qemu (aarch64 runner under qemu-user) or rpc://HOST:PORT/KEY (TVM RPC tracker on loopback).")] = "local",
+    python: Annotated[bool, typer.Option("--python", help="With --device local: time the Python runtime instead of the C++ runner.")] = False,
+    baseline: Annotated[str, typer.Option("--baseline", "-b", help="onnxruntime (ONNX models), litert (TFLite models), auto, or none.")] = "none",
+    model_file: Annotated[Optional[Path], typer.Option("--model-file", help="The original model file for the baseline (default: the artifact's prepared.onnx).")] = None,
+    threads: Annotated[Optional[str], typer.Option("--threads", "-t", help="Thread counts, e.g. 1,2 (default: the target's).")] = None,
+    repeat: Annotated[int, typer.Option("--repeat", "-r", help="Timed iterations per runtime and thread count.")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", "-w", help="Untimed iterations before timing.")] = 5,
+    block: Annotated[int, typer.Option("--block", help="Timed iterations per interleaved block (0: repeat/10).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs every runtime gets.")] = 0,
+    atol: Annotated[float, typer.Option(help="Output check: absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Output check: relative tolerance.")] = 1e-3,
+    profile: Annotated[bool, typer.Option("--profile", help="Add a per-kernel time profile (vm.set_instrument).")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run as JSON (schema autoglm-bench/1; '-' for stdout).")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write the results as CSV.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a report with plots: FILE.md or FILE.html.")] = None,
+    db: Annotated[Optional[Path], typer.Option("--db", help="Results database (default $AUTOGLM_RESULTS_DB or ~/.cache/autoglm/results.sqlite).")] = None,
+    no_db: Annotated[bool, typer.Option("--no-db", help="Do not record this run.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds one block (or load) may take before the run fails.")] = 600.0,
+) -> None:
+    """Benchmark an artifact: load, first inference, latency, throughput, peak memory; outputs checked."""
+    from compile import read_manifest
+
+    from toolkit.bench import BenchConfig, BenchError, parse_device, parse_threads, run_bench, to_csv, to_document
+    from toolkit.bench import db as results_db
+    from toolkit.bench.harness import _now
+    from toolkit.bench.sysinfo import host_info
+
+    if report is not None and report.suffix.lower() not in (".md", ".html", ".htm"):
+        raise typer_usage(f"--report {report}: give a .md or .html file")
+    cfg = BenchConfig(
+        artifact=artifact, device=parse_device(device), python_runtime=python,
+        baseline=None if baseline == "none" else baseline, model_file=model_file, threads=parse_threads(threads),
+        warmup=warmup, repeat=repeat, block=block, seed=seed, atol=atol, rtol=rtol, profile=profile, timeout=timeout,
+        command=shlex.join(["autoglm", *sys.argv[1:]]),
+    )
+    cfg.validate()
+    manifest = read_manifest(artifact)
+    if not no_db:
+        with results_db.connect(db):  # a bad --db fails now, not after the run
+            pass
+    started = _now()
+    say = (lambda msg: err_console.print(f"bench: {msg}")) if json_out != Path("-") else (lambda msg: None)
+    try:
+        run = run_bench(cfg, progress=say)
+    except BenchError as exc:
+        if not no_db:
+            import uuid
+
+            results_db.record_failure(db, run_id=uuid.uuid4().hex, started_utc=started, finished_utc=_now(),
+                                      manifest=manifest, artifact=artifact, device=str(cfg.device), error=str(exc),
+                                      command=cfg.command, host=host_info())
+        raise
+    doc = to_document(run)
+    if json_out == Path("-"):
+        print(json.dumps(doc, indent=2))
+    else:
+        from toolkit.bench.table import print_run
+
+        print_run(console, doc)
+        if json_out is not None:
+            _write_atomic(json_out, json.dumps(doc, indent=2) + "\n")
+            console.print(f"json: {json_out}")
+    if csv_out is not None:
+        _write_atomic(csv_out, to_csv(doc))
+        if json_out != Path("-"):
+            console.print(f"csv: {csv_out}")
+    if report is not None:
+        from toolkit.bench.report import write_report
+
+        written = write_report(doc, report)
+        if json_out != Path("-"):
+            console.print(f"report: {', '.join(map(str, written))}")
+    if not no_db:
+        results_db.record_run(db, doc)
+        if json_out != Path("-"):
+            console.print(f"recorded run {doc['run_id'][:12]} in {db or results_db.default_path()}")
+    if doc["status"] != "completed":
+        raise BenchError(f"outputs differ between runtimes (max abs error {doc['correctness']['max_abs_error']:.3g}, "
+                         f"atol {atol:g}, rtol {rtol:g}): the run is recorded as failed")
+
+
+def typer_usage(message: str):
+    from toolkit.bench import BenchUsageError
+
+    return BenchUsageError(message)
+
+
+def history_cmd(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Only runs of this model name.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Only runs for this target name.")] = None,
+    db: Annotated[Optional[Path], typer.Option("--db", help="Results database (default $AUTOGLM_RESULTS_DB or ~/.cache/autoglm/results.sqlite).")] = None,
+    threshold: Annotated[str, typer.Option("--threshold", help="Flag a median worse than the previous comparable run by more than this.")] = "10%",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    fail_on_regression: Annotated[bool, typer.Option("--fail-on-regression", help="Exit 1 when any run is flagged.")] = False,
+) -> None:
+    """List past bench runs; flag a median worse than the previous comparable run (same model, target, device, runtime, threads)."""
+    from rich.table import Table
+
+    from toolkit.bench import parse_percent
+    from toolkit.bench import db as results_db
+    from toolkit.bench.history import history
+
+    limit = parse_percent(threshold)
+    path = db or results_db.default_path()
+    if db is not None and not Path(db).exists():
+        raise typer_usage(f"results database {db} does not exist; `autoglm bench ... --db {db}` creates it")
+    rows = history(path, model=model, target=target, threshold=limit)
+    flagged = [r for r in rows if r.regression]
+    if as_json:
+        print(json.dumps({"schema": "autoglm-history/1", "db": str(path), "threshold": limit,
+                          "rows": [r.to_json() for r in rows], "regressions": len(flagged)}, indent=2))
+    else:
+        table = Table(title=f"autoglm history ({path}; regression: median > previous comparable run + {limit:.0%})")
+        for col in ("run", "started (UTC)", "status", "model", "target", "device", "runtime", "threads", "p50 ms",
+                    "previous", "change", "flag"):
+            table.add_column(col, justify="right" if col in ("threads", "p50 ms", "previous", "change") else "left")
+        for r in rows:
+            table.add_row(r.run_id[:8], r.started_utc.replace("+00:00", ""), r.status, r.model, r.target, r.device,
+                          r.runtime or "-", "-" if r.threads is None else str(r.threads),
+                          "-" if r.p50_ms is None else f"{r.p50_ms:.3f}",
+                          "-" if r.previous_p50_ms is None else f"{r.previous_p50_ms:.3f}",
+                          "-" if r.change is None else f"{100 * r.change:+.1f}%",
+                          "[red]REGRESSION[/red]" if r.regression else (r.error or "")[:60])
+        console.print(table)
+        if not rows:
+            console.print("no runs recorded yet: `autoglm bench ARTIFACT` records one")
+        elif flagged:
+            console.print(f"[red]{len(flagged)} regression(s)[/red] beyond {limit:.0%}")
+    if flagged and fail_on_regression:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bench` and `history` to the `autoglm` app."""
+    app.command("bench")(bench_cmd)
+    app.command("history")(history_cmd)
