@@ -23,6 +23,6 @@ def schedule_passes(target: Target) -> list:
     """Passes that schedule the fused PrimFuncs for `target`; empty means TVM's unscheduled loops."""
     if target.device != "cpu" or schedules_disabled():
         return []
-    from .schedules import ScheduleKernels
+    from .schedules import schedule_passes as cpu_schedule_passes
 
-    return [ScheduleKernels(target)]
+    return cpu_schedule_passes(target)

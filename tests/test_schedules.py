@@ -138,6 +138,17 @@ def test_rule_applied_and_matches_onnxruntime(name, op_models, host, tmp_path):
     assert result.manifest["verification"]["passed"] is True
 
 
+def test_conv_weights_prepacked_at_compile_time(op_models, host):
+    """Convs with a multiple of the vector width of output channels use OIHW[x]o weights, folded at build time."""
+    names = _schedule_only(op_models["conv3x3"], host)
+    packed = [k for k in names if k.endswith("_prepacked")]
+    assert packed and all(names[k].startswith("conv2d-") for k in packed), names
+    assert not [k for k in names if "weight_prepack" in k], f"weight repacking left as a runtime kernel: {names}"
+    # 10 output channels: not a multiple of the vector width, so the spatially vectorised conv rule takes it.
+    odd = _schedule_only(op_models["conv3x3-stride2-odd"], host)
+    assert not [k for k in odd if k.endswith("_prepacked")] and any(v and v.startswith("conv2d-") for v in odd.values())
+
+
 def test_zoo_convnet_every_kernel_scheduled(convnet_onnx, host, tmp_path):
     names = _schedule_only(convnet_onnx, host)
     assert names and all(v is not None for v in names.values()), names

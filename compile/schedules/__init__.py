@@ -15,7 +15,7 @@ from .config import CpuConfig, cpu_config
 
 ATTR = "autoglm.schedule"
 
-__all__ = ["ATTR", "CpuConfig", "ScheduleKernels", "cpu_config", "schedule_func", "schedule_names"]
+__all__ = ["ATTR", "CpuConfig", "ScheduleKernels", "cpu_config", "schedule_func", "schedule_names", "schedule_passes"]
 
 
 def schedule_func(func, cfg: CpuConfig, tvm_target):
@@ -23,6 +23,7 @@ def schedule_func(func, cfg: CpuConfig, tvm_target):
     from . import rules
 
     attempts = (
+        lambda f: rules.conv2d_packed(f, cfg),
         lambda f: rules.tiled_reduction(f, cfg),
         lambda f: rules.reduction(f, cfg, tvm_target),
         lambda f: rules.elementwise(f, cfg),
@@ -41,7 +42,7 @@ def schedule_func(func, cfg: CpuConfig, tvm_target):
 
 
 def ScheduleKernels(target: Target):  # noqa: N802 - a pass constructor, named like TVM's
-    """The module pass that applies the default schedules for `target`."""
+    """The module pass that applies the default schedules for `target` (see `schedule_passes`)."""
     import tvm
     from tvm import tirx
 
@@ -77,3 +78,15 @@ def schedule_names(mod) -> dict[str, str | None]:
             attrs = func.attrs
             out[gv.name_hint] = str(attrs[ATTR]) if attrs is not None and ATTR in attrs else None
     return out
+
+
+def schedule_passes(target: Target) -> list:
+    """Schedule every kernel, then move weight repacking out of the kernels and fold it at compile time."""
+    from tvm import relax
+
+    return [
+        ScheduleKernels(target),
+        relax.transform.SplitLayoutRewritePreproc(),
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(),
+    ]

@@ -219,8 +219,22 @@ def _choose_tile(cfg: CpuConfig, lanes: int, ext_v: int, ext_m: int, ext_row: in
     return mr, rows, chunks, width
 
 
-def tiled_reduction(func, cfg: CpuConfig):
-    """Schedule a kernel built around one reduction block; returns (schedule, rule kind) or None."""
+@dataclass
+class _Prepared:
+    sch: object
+    root: object
+    main: object
+    info: _MainInfo
+    iters: list
+    prologue: list      # stages left before the main block (padding), scheduled as elementwise
+    epilogue: list      # stages to compute per tile after the main block
+    out_buf: object
+    is_output: bool     # the main block writes the function output (no epilogue stage)
+    reads: list         # the main block's operand regions
+
+
+def _prepare(func) -> _Prepared | None:
+    """Find the one reduction block, inline plain prologue/epilogue stages around it."""
     _, s_tir, tirx = _ir()
     sch = s_tir.Schedule(func)
     root = _root(sch)
@@ -266,9 +280,133 @@ def tiled_reduction(func, cfg: CpuConfig):
     main_stmt = sch.get(main)
     out_buf = main_stmt.writes[0].source
     is_output = not any(out_buf.same_as(b) for b in sch.get(root).alloc_buffers)
+    if is_output and epilogue:
+        return None
+    reads = [r for r in main_stmt.reads if not r.source.same_as(out_buf)]
+    return _Prepared(sch, root, main, info, iters, prologue_left, epilogue, out_buf, is_output, reads)
+
+
+def _read_index(sch, block, buf) -> int:
+    for i, r in enumerate(sch.get(block).reads):
+        if r.source.same_as(buf):
+            return i
+    raise ValueError("buffer not read by block")
+
+
+def _unroll_window(sch, red_loops) -> None:
+    red_ext = [_int(sch.get(lp).extent) or 0 for lp in red_loops]
+    if red_loops and red_ext[-1] <= 7:
+        sch.unroll(red_loops[-1])
+        if len(red_loops) >= 2 and red_ext[-2] * red_ext[-1] <= 16:
+            sch.unroll(red_loops[-2])
+
+
+def conv2d_packed(func, cfg: CpuConfig):
+    """conv2d (NCHW, not depthwise) vectorised over output channels with weights prepacked to OIHW[x]o.
+
+    The register tile is (vectors of output channels) x (output pixels): per reduction step it loads
+    `nf` weight vectors and broadcasts `nx*ny` input pixels, so strided and 1x1 convolutions alike
+    run at full vector width whatever the spatial size. The weight repacking is a separate
+    `layout_rewrite_preproc` stage that SplitLayoutRewritePreproc + FoldConstant move to compile time.
+    """
+    _, s_tir, tirx = _ir()
+    from tvm.tirx import IndexMap  # noqa: F401 - checks the API exists
+
+    prep = _prepare(func)
+    if prep is None or prep.info.kind != "conv2d" or prep.info.m is None:
+        return None
+    sch, root, main, info, iters = prep.sch, prep.root, prep.main, prep.info, prep.iters
+    if len(iters) != 7 or [iv.iter_type for iv in iters] != [tirx.IterVar.DataPar] * 4 + [tirx.IterVar.CommReduce] * 3:
+        return None
+    n_v, f_v, y_v, x_v = (iv.var for iv in iters[:4])
+    if (info.m, info.v) != (1, 3):
+        return None
+    # The weight: a function parameter indexed exactly [f, rc, ry, rx].
+    weight = None
+    for r in prep.reads:
+        idx = [x.min for x in r.region]
+        if len(idx) == 4 and all(isinstance(e, tirx.Var) for e in idx) and \
+                [e.same_as(iv.var) for e, iv in zip(idx, [iters[1], iters[4], iters[5], iters[6]])] == [True] * 4:
+            weight = r.source
+    if weight is None or any(weight.same_as(b) for b in sch.get(root).alloc_buffers):
+        return None
+    bits = prep.out_buf.dtype.bits
+    lanes = cfg.lanes(bits)
+    ext = [_int(iv.dom.extent) for iv in iters]
+    F, Y, X = ext[1], ext[2], ext[3]
+    if lanes < 2 or F % lanes:
+        return None
+    # Accumulators only: with a larger tile LLVM keeps reused input broadcasts in registers and spills.
+    budget = cfg.accumulators
+    best = None
+    for nf in _divisors_le(F // lanes, 4):
+        for nx in _divisors_le(X, budget // nf):
+            for ny in (_divisors_le(Y, budget // (nf * nx)) if nx == X else [1]):
+                acc = nf * nx * ny
+                score = acc / (nf + nx * ny) + 0.001 * acc
+                if best is None or score > best[0]:
+                    best = (score, nf, nx, ny)
+    _, nf, nx, ny = best
+    vf = nf * lanes
+
+    # Weights prepacked to [F/vf, C, KH, KW, vf] (folded at compile time for constant weights).
+    wblk = sch.cache_read(main, _read_index(sch, main, weight), "global")
+    sch.transform_layout(wblk, ("write", 0), lambda f, c, kh, kw: (f // vf, c, kh, kw, f % vf))
+    sch.annotate(wblk, "meta_schedule.layout_rewrite_preproc", True)
+
+    epilogue = list(prep.epilogue)
+    if prep.is_output:
+        epilogue = [sch.cache_write(main, 0, "local")]
+    else:
+        sch.set_scope(main, 0, "local")
+    # Accumulator tile with the channel innermost, so the vector accesses are contiguous.
+    sch.transform_layout(main, ("write", 0), lambda n, f, y, x: (n, y, x, f))
+
+    n_l, f_l, y_l, x_l, rc, ry, rx = sch.get_loops(main)
+    fo, fv, fl = sch.split(f_l, factors=[None, nf, lanes])
+    xo, xi = sch.split(x_l, factors=[None, nx])
+    yo, yi = sch.split(y_l, factors=[None, ny])
+    w_bytes = F * ext[4] * ext[5] * ext[6] * (bits // 8)
+    outer = [n_l, yo, xo, fo] if w_bytes <= cfg.l2_bytes // 2 else [n_l, fo, yo, xo]
+    sch.reorder(*outer, rc, ry, rx, yi, xi, fv, fl)
+    fused = sch.fuse(*outer)
+    if cfg.threads > 1 and (_int(sch.get(fused).extent) or 1) > 1:
+        sch.parallel(fused)
+    _unroll_window(sch, [rc, ry, rx])
+    for lp in (yi, xi, fv):
+        sch.unroll(lp)
+    sch.vectorize(fl)
+
+    for blk in epilogue:
+        sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
+        eloops = sch.get_loops(blk)[1:]
+        if len(eloops) == 4:
+            en, ef, ey, ex = eloops
+            sch.reorder(en, ey, ex, ef)
+            for lp in (ey, ex):
+                sch.unroll(lp)
+            efo, efl = sch.split(ef, factors=[None, lanes])
+            sch.unroll(efo)
+            sch.vectorize(efl)
+    init = sch.decompose_reduction(main, rc)
+    iloops = sch.get_loops(init)[1:]
+    for lp in iloops[:-1]:
+        sch.unroll(lp)
+    sch.vectorize(iloops[-1])
+    for blk in prep.prologue:
+        schedule_spatial_block(sch, blk, cfg)
+    return sch, "conv2d"
+
+
+def tiled_reduction(func, cfg: CpuConfig):
+    """Schedule a kernel built around one reduction block; returns (schedule, rule kind) or None."""
+    _, s_tir, tirx = _ir()
+    prep = _prepare(func)
+    if prep is None:
+        return None
+    sch, root, main, info, iters = prep.sch, prep.root, prep.main, prep.info, prep.iters
+    prologue_left, epilogue, out_buf, is_output = prep.prologue, list(prep.epilogue), prep.out_buf, prep.is_output
     if is_output:
-        if epilogue:
-            return None
         epilogue = [sch.cache_write(main, 0, "local")]
 
     bits = out_buf.dtype.bits
@@ -316,11 +454,7 @@ def tiled_reduction(func, cfg: CpuConfig):
     if cfg.threads > 1 and n_tiles > 1:
         sch.parallel(fused)
     # Small window loops unrolled; the register tile unrolled and vectorised.
-    red_ext = [_int(sch.get(lp).extent) or 0 for lp in red_loops]
-    if red_loops and red_ext[-1] <= 7:
-        sch.unroll(red_loops[-1])
-        if len(red_loops) >= 2 and red_ext[-2] * red_ext[-1] <= 16:
-            sch.unroll(red_loops[-2])
+    _unroll_window(sch, red_loops)
     for lp in inner[:-1]:
         sch.unroll(lp)
     if width > 1:
