@@ -398,6 +398,23 @@ def conv2d_packed(func, cfg: CpuConfig):
     return sch, "conv2d"
 
 
+def _deinterleave_stride2(sch, prep: _Prepared) -> None:
+    """Stride-2 windows over a padded input: store the padding stage as [..., W/2, 2] -> [..., 2, W/2]
+    (even columns, then odd ones), so the vectorised reads of the main block become contiguous."""
+    from tvm.sym.pattern import detect_linear_equation
+
+    v_var = prep.iters[prep.info.v].var
+    for r in prep.reads:
+        coeffs = detect_linear_equation(r.region[-1].min, [v_var])
+        if len(coeffs) != 2 or _int(coeffs[0]) != 2:
+            continue
+        for blk in prep.prologue:
+            buf = sch.get(blk).writes[0].source
+            if not buf.same_as(r.source) or len(buf.shape) != 4 or (_int(buf.shape[-1]) or 1) % 2:
+                continue
+            sch.transform_layout(blk, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2))
+
+
 def tiled_reduction(func, cfg: CpuConfig):
     """Schedule a kernel built around one reduction block; returns (schedule, rule kind) or None."""
     _, s_tir, tirx = _ir()
@@ -408,6 +425,7 @@ def tiled_reduction(func, cfg: CpuConfig):
     prologue_left, epilogue, out_buf, is_output = prep.prologue, list(prep.epilogue), prep.out_buf, prep.is_output
     if is_output:
         epilogue = [sch.cache_write(main, 0, "local")]
+    _deinterleave_stride2(sch, prep)
 
     bits = out_buf.dtype.bits
     lanes = cfg.lanes(bits)
