@@ -231,3 +231,182 @@ def test_corrupt_database_is_refused_not_overwritten(host_artifact, tmp_path):
     proc = run_cli("bench", host_artifact, *FAST, "--db", db)
     assert_user_error(proc, 2, "not a usable results database")
     assert db.read_bytes() == b"this is not sqlite" * 100
+
+
+# --- TVM RPC on loopback ------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Proc:
+    """A subprocess in its own process group (an RPC server forks one child per session)."""
+
+    def __init__(self, *args: str):
+        self.log = open(os.devnull, "w")
+        self.popen = subprocess.Popen([sys.executable, "-m", *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait()
+        self.log.close()
+
+
+def _wait_for_servers(port: int, key: str, count: int, timeout: float = 60) -> None:
+    from tvm import rpc
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            info = rpc.connect_tracker("127.0.0.1", port).summary()
+            if sum(1 for s in info["server_info"] if s["key"] == f"server:{key}") >= count:
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{count} RPC server(s) under {key} did not register with the tracker on port {port}")
+
+
+def _wait_for_tracker(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"the RPC tracker did not listen on 127.0.0.1:{port}")
+
+
+@pytest.fixture
+def rpc_tracker():
+    """A tracker on 127.0.0.1 and a factory for servers registered with it; all killed at the end."""
+    procs: list[_Proc] = []
+    port = _free_port()
+    procs.append(_Proc("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)))
+    _wait_for_tracker(port)  # a server started before its tracker listens retries only every 5 s
+
+    def add_server(key: str) -> _Proc:
+        sport = _free_port()
+        proc = _Proc("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1),
+                     "--tracker", f"127.0.0.1:{port}", "--key", key)
+        procs.append(proc)
+        return proc
+
+    yield port, add_server
+    for p in reversed(procs):
+        p.kill()
+
+
+def test_bench_over_rpc_fleet(host_artifact, rpc_tracker, tmp_path):
+    port, add_server = rpc_tracker
+    add_server("bench-test")
+    add_server("bench-test")
+    _wait_for_servers(port, "bench-test", 2)
+    db = tmp_path / "r.sqlite"
+    proc = run_cli("bench", host_artifact, "--device", f"rpc://127.0.0.1:{port}/bench-test", "--baseline", "onnxruntime",
+                   "--threads", "1", "--repeat", "8", "--block", "4", "--warmup", "1", "--json", tmp_path / "rpc.json",
+                   "--db", db, check=True)
+    doc = json.loads((tmp_path / "rpc.json").read_text())
+    _validate(doc)
+    tk, base = doc["results"]
+    assert tk["runtime"] == "autoglm-rpc" and tk["where"] == f"rpc://127.0.0.1:{port}/bench-test"
+    assert tk["processes"] == 2 and tk["latency_ms"]["count"] == 8 and any("fleet of 2" in n for n in tk["notes"])
+    assert tk["ratio_vs_baseline"] is None and "not comparable" in tk["ratio_note"]  # the baseline ran here, not there
+    assert base["runtime"] == "onnxruntime"
+    (cmp,) = doc["correctness"]["comparisons"]
+    assert cmp["output_sets"] == 2 and cmp["passed"]  # every server's outputs were checked
+    assert "autoglm-rpc" in proc.stdout
+    assert [r["status"] for r in _runs(db)] == ["completed"]
+
+
+def test_rpc_with_no_server_under_the_key(host_artifact, rpc_tracker, tmp_path):
+    port, _add = rpc_tracker
+    _wait_for_servers(port, "none", 0)
+    proc = run_cli("bench", host_artifact, "--device", f"rpc://127.0.0.1:{port}/rpi4", *FAST, "--db", tmp_path / "r.sqlite")
+    assert_user_error(proc, 1, "no RPC server is registered under key 'rpi4'", "--host 127.0.0.1")
+
+
+def _start_bench(*args) -> tuple[subprocess.Popen, list[str], threading.Event, threading.Thread]:
+    """`autoglm bench` in the background; its stderr lines are collected, `seen` is set on a progress line."""
+    proc = subprocess.Popen([str(AUTOGLM), "bench", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def pump():
+        for line in proc.stderr:
+            lines.append(line)
+            if "timed" in line or "starting autoglm-cpp" in line:
+                seen.set()
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    return proc, lines, seen, t
+
+
+def _assert_failed_run_recorded(db: Path) -> None:
+    runs = _runs(db)
+    assert [r["status"] for r in runs] == ["failed"], [dict(r) for r in runs]
+    assert runs[0]["error"] and not _measurements(db, runs[0]["run_id"])
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def test_rpc_server_killed_mid_run(host_artifact, rpc_tracker, tmp_path):
+    port, add_server = rpc_tracker
+    server = add_server("doomed")
+    _wait_for_servers(port, "doomed", 1)
+    db = tmp_path / "r.sqlite"
+    proc, lines, seen, pump = _start_bench(host_artifact, "--device", f"rpc://127.0.0.1:{port}/doomed", "--threads", "1",
+                                           "--repeat", "100000", "--block", "1000", "--warmup", "1", "--db", db)
+    try:
+        assert seen.wait(120), "".join(lines)
+        server.kill()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    pump.join(10)
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1, "".join(lines)
+    assert "RPC session" in errors[0] and "discarded" in errors[0] and "Traceback" not in "".join(lines)
+    _assert_failed_run_recorded(db)
+
+
+def test_runner_killed_mid_run(host_artifact, tmp_path):
+    import psutil
+
+    db = tmp_path / "r.sqlite"
+    proc, lines, seen, pump = _start_bench(host_artifact, "--threads", "1", "--repeat", "2000000", "--block", "1000000",
+                                           "--warmup", "0", "--db", db, "--json", tmp_path / "b.json")
+    try:
+        assert seen.wait(120), "".join(lines)
+        runner = None
+        deadline = time.monotonic() + 60
+        while runner is None and time.monotonic() < deadline:
+            runner = next((p for p in psutil.Process(proc.pid).children(recursive=True)
+                           if p.name() == "autoglm-runner"), None)
+            time.sleep(0.05)
+        assert runner is not None, "no autoglm-runner child appeared"
+        time.sleep(0.5)
+        runner.send_signal(signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    pump.join(10)
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1, "".join(lines)
+    assert "SIGKILL" in errors[0] and "discarded" in errors[0]
+    assert not (tmp_path / "b.json").exists()
+    _assert_failed_run_recorded(db)

@@ -18,6 +18,7 @@ from .errors import BenchError
 from .result import RuntimeResult
 
 BLOCK_WARMUP = 2
+MAX_REPEAT = 1_000_000  # autoglm-runner's limit on --repeat
 
 
 class NativeBackend:
@@ -44,6 +45,12 @@ class NativeBackend:
         self._first_block = True
 
     def block(self, n: int) -> None:
+        while n > MAX_REPEAT:
+            self._block(MAX_REPEAT)
+            n -= MAX_REPEAT
+        self._block(n)
+
+    def _block(self, n: int) -> None:
         r = self.result
         run = self._run(self.warmup if self._first_block else min(self.warmup, BLOCK_WARMUP), n)
         if self._first_block:
