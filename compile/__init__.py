@@ -65,6 +65,7 @@ def compile_model(
     seed: int = 0,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
+    tuning_db: str | Path | None = None,
 ) -> CompileResult:
     """Import, build and package a model for `target` into the artifact directory `out_dir`.
 
@@ -72,6 +73,11 @@ def compile_model(
     architecture). Nothing is left at `out_dir` unless every step, verification included, succeeded.
     """
     out_dir = Path(out_dir)
+    if tuning_db is not None:
+        from .tuning_db import check_database
+
+        tuning_db = Path(tuning_db).resolve()
+        check_database(tuning_db, target)
     model = load_model(model_path, input_shapes)
     can_run_here = target.device == "cpu" and target.arch == host_arch()
     if verify is None:
@@ -83,7 +89,7 @@ def compile_model(
         )
     with staging_dir(out_dir) as tmp:
         lib = tmp / LIBRARY
-        stats, compiler_line = build_library_for(model, target, lib)
+        stats, compiler_line = build_library_for(model, target, lib, tuning_db)
         built_arch = elf_machine(lib)
         if built_arch != target.arch:
             raise CompileFailure(f"the linker produced a {built_arch} library for target {target.name} ({target.arch})")
@@ -111,10 +117,10 @@ def compile_model(
     return CompileResult(out_dir, read_manifest(out_dir))
 
 
-def build_library_for(model: ImportedModel, target: Target, lib: Path):
+def build_library_for(model: ImportedModel, target: Target, lib: Path, tuning_db: Path | None = None):
     from .build import build_library
 
-    return build_library(model.mod, target, lib, model.output_names)
+    return build_library(model.mod, target, lib, model.output_names, tuning_db)
 
 
 def _manifest(model: ImportedModel, target: Target, stats, compiler_line: str, verification: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +139,7 @@ def _manifest(model: ImportedModel, target: Target, stats, compiler_line: str, v
         "inputs": [s.to_json() for s in model.inputs],
         "outputs": [s.to_json() for s in stats.outputs],
         "precision": {"mode": "fp32"},
-        "tuning": {"database": None, "records_applied": 0},
+        "tuning": stats.tuning or {"database": None, "records_applied": 0},
         "fusion": stats.to_json(),
         "memory": {"planned_activation_bytes": stats.planned_activation_bytes, "weight_bytes": stats.weight_bytes},
         "verification": verification,

@@ -29,6 +29,7 @@ class BuildStats:
     weight_bytes: int
     outputs: list[TensorSpec] = field(default_factory=list)
     kernel_rows: list[dict[str, Any]] = field(default_factory=list)
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         from .explain import patterns_summary
@@ -112,7 +113,7 @@ def _lowered_stats(mod) -> tuple[int, int, list[str], int, int]:
     return len(kernels), launches, kernels, storage, weights
 
 
-def relax_pipeline(target: Target):
+def relax_pipeline(target: Target, tuning_passes: list | None = None):
     """The Relax pipeline for the target, operator fusion on (CPU targets don't fuse by default).
 
     CPU: TVM's CPU stages with this toolkit's schedule passes between fusion and lowering.
@@ -130,15 +131,19 @@ def relax_pipeline(target: Target):
     return tvm.transform.Sequential(
         cpu_generic.library_dispatch_passes(tt)
         + cpu_generic.legalize_passes(tt)
+        + list(tuning_passes or [])  # tuned records first; the default rules schedule the rest
         + schedule_passes(target)
         + cpu_generic.dataflow_lower_passes(tt)
         + cpu_generic.finalize_passes(tt)
     )
 
 
-def build_library(mod, target: Target, lib_path: Path, output_names: list[str]) -> tuple[BuildStats, str]:
+def build_library(mod, target: Target, lib_path: Path, output_names: list[str],
+                  tuning_db: Path | None = None) -> tuple[BuildStats, str]:
     """Lower, build and export `mod` to `lib_path`; returns the stats and the toolchain line."""
     import tvm
+
+    from .tuning_db import tuning_passes_for, tuning_summary
 
     compiler, compiler_line = toolchain(target)
     if target.device == "cuda":
@@ -150,7 +155,7 @@ def build_library(mod, target: Target, lib_path: Path, output_names: list[str]) 
     graph_ops = _count_graph_ops(mod)
     try:
         with tt:
-            lowered = relax_pipeline(target)(mod)
+            lowered = relax_pipeline(target, tuning_passes_for(tuning_db, target))(mod)
         kernels, launches, names, planned, weights = _lowered_stats(lowered)
         rows = kernel_table(lowered)
         with tt:
@@ -165,4 +170,5 @@ def build_library(mod, target: Target, lib_path: Path, output_names: list[str]) 
     except Exception as exc:
         raise CompileFailure(f"linking the library for {target.name} failed: {_one_line(exc)}") from None
     stats = BuildStats(graph_ops, kernels, launches, names, planned, weights, outputs, rows)
+    stats.tuning = tuning_summary(tuning_db, lowered)
     return stats, compiler_line

@@ -62,6 +62,7 @@ def compile_cmd(
     atol: Annotated[float, typer.Option(help="Verification absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Verification relative tolerance.")] = 1e-3,
     explain: Annotated[bool, typer.Option("--explain", help="Print the fusion report: kernels, patterns, FLOPs, bytes, schedules, times.")] = False,
+    tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="Apply MetaSchedule records from this database (see `autoglm tune`).")] = None,
     targets_dir: TargetsDir = None,
 ) -> None:
     """Compile a model for a target into an artifact directory (library + manifest), atomically."""
@@ -69,8 +70,12 @@ def compile_cmd(
 
     tgt = targets_mod.load_target(target, targets_dir)
     shapes = parse_shape_overrides(input_shape)
-    result = compile_model(model, tgt, output, input_shapes=shapes, verify=verify, seed=seed, atol=atol, rtol=rtol)
+    result = compile_model(model, tgt, output, input_shapes=shapes, verify=verify, seed=seed, atol=atol, rtol=rtol,
+                           tuning_db=tuning_db)
     _print_summary(result.artifact, result.manifest)
+    if tuning_db is not None:
+        tun = result.manifest["tuning"]
+        console.print(f"  tuning:  {tun['records_applied']} tuned kernels from {tun['database']}")
     if explain:
         _print_explain(result.manifest)
 
@@ -262,6 +267,8 @@ def _register_subcommands() -> None:
     app.add_typer(runtime_app, name="runtime")
     from toolkit.cli_bench import register as register_bench
     register_bench(app)
+    from toolkit.cli_tune import register as register_tune
+    register_tune(app)
 
 
 def main() -> None:

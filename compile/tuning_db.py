@@ -1,0 +1,367 @@
+"""Per-target tuning databases: where they live, how they survive a killed run, how compile applies them.
+
+A database is a directory holding MetaSchedule's JSONDatabase files (`database_workload.json`,
+`database_tuning_record.json`, one JSON document per line, appended as measurements arrive) plus
+two files of this toolkit:
+
+- `autoglm-db.json`: the target the records were measured for (name and full TVM target). A
+  database made for one target is refused for another, so records never leak across devices.
+- `autoglm-tasks.jsonl`: one line per event of a tuned task (`start`, `done`), with the workload's
+  structural hash, the measured latency of the default (rule-based) schedule and the best tuned
+  latency. A task that has a `start` but no `done` was interrupted and is resumed by the next run;
+  compile uses the default latency to apply a tuned record only where it beats the default.
+
+A run that is killed can leave a half-written last line in any of these files. `repair()` drops it
+(and records whose workload line was lost) before the database is opened, so the records measured
+before the kill stay usable. Only one `autoglm tune` at a time may write a database (a lock file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from targets import Target
+
+from .errors import AutoglmError, UsageError
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+META = "autoglm-db.json"
+TASKS = "autoglm-tasks.jsonl"
+LOCK = ".lock"
+FORMAT = 1
+TUNED_ATTR = "autoglm.tuned"
+SCHEDULE_ATTR = "autoglm.schedule"  # set by compile.schedules on kernels a default rule scheduled
+
+
+class TuningError(AutoglmError):
+    """Tuning could not run: a tracker or board unreachable, a database in use or corrupt."""
+
+
+def default_db_dir(target: Target) -> Path:
+    """`$AUTOGLM_CACHE_DIR/tuning/<target>` (default `~/.cache/autoglm/tuning/<target>`)."""
+    base = os.environ.get("AUTOGLM_CACHE_DIR")
+    if base:
+        root = Path(base)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "autoglm"
+    return root / "tuning" / target.name
+
+
+def check_writable(db_dir: Path) -> None:
+    """Raise UsageError unless `db_dir` exists as a writable directory or can be created; creates nothing."""
+    if db_dir.exists():
+        if not db_dir.is_dir():
+            raise UsageError(f"tuning database {db_dir} is not a directory")
+        if not os.access(db_dir, os.W_OK | os.X_OK):
+            raise UsageError(f"tuning database directory {db_dir} is not writable: choose another with --db DIR")
+        return
+    parent = db_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"tuning database directory {db_dir} cannot be created ({parent} is not writable): choose another with --db DIR")
+
+
+def _target_json(target: Target) -> str:
+    import tvm
+
+    return str(tvm.target.Target(target.tvm))
+
+
+def check_target(db_dir: Path, target: Target) -> None:
+    """Refuse a database whose records were measured for another target."""
+    meta_path = db_dir / META
+    if not meta_path.exists():
+        return
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TuningError(f"tuning database {db_dir}: cannot read {META} ({exc})") from None
+    if meta.get("tvm_target") != _target_json(target):
+        raise UsageError(
+            f"tuning database {db_dir} holds records for target {meta.get('target')!r} "
+            f"({meta.get('tvm_target')}), not for {target.name!r} ({_target_json(target)}); use another --db"
+        )
+
+
+def write_meta(db_dir: Path, target: Target) -> None:
+    import tvm
+
+    meta_path = db_dir / META
+    if meta_path.exists():
+        return
+    _atomic_write(meta_path, json.dumps({"format": FORMAT, "target": target.name, "tvm_target": _target_json(target),
+                                         "tvm_version": tvm.__version__}, indent=2) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _read_lines(path: Path) -> tuple[list[Any], bool]:
+    """The parsed lines of a JSON-lines file and whether its tail was damaged (and must be rewritten).
+
+    Only the last line can be half-written by a killed append; a bad line elsewhere is corruption.
+    """
+    if not path.exists():
+        return [], False
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    damaged = bool(raw) and not raw.endswith(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            damaged = True
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                damaged = True
+                continue
+            raise TuningError(f"tuning database file {path} is corrupt at line {i + 1}; move it away to start afresh") from None
+    return out, damaged
+
+
+@dataclass
+class RepairReport:
+    workloads: int
+    records: int
+    dropped: int
+
+
+def repair(db_dir: Path) -> RepairReport:
+    """Drop a half-written last line (and records of lost workloads) left by a killed run."""
+    workloads, w_damaged = _read_lines(db_dir / WORKLOADS)
+    records, r_damaged = _read_lines(db_dir / RECORDS)
+    valid = [r for r in records if isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and 0 <= r[0] < len(workloads)]
+    dropped = len(records) - len(valid) + int(w_damaged) + int(r_damaged)
+    if w_damaged:
+        _atomic_write(db_dir / WORKLOADS, "".join(json.dumps(w) + "\n" for w in workloads))
+    if r_damaged or len(valid) != len(records):
+        _atomic_write(db_dir / RECORDS, "".join(json.dumps(r) + "\n" for r in valid))
+    events, t_damaged = _read_lines(db_dir / TASKS)
+    if t_damaged:
+        _atomic_write(db_dir / TASKS, "".join(json.dumps(e) + "\n" for e in events))
+    return RepairReport(len(workloads), len(valid), dropped)
+
+
+def count_records(db_dir: Path) -> int:
+    records, _ = _read_lines(db_dir / RECORDS)
+    return len(records)
+
+
+@contextlib.contextmanager
+def locked(db_dir: Path) -> Iterator[None]:
+    """Hold the database's write lock (one tuning run per database at a time)."""
+    fd = os.open(db_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuningError(f"tuning database {db_dir} is in use by another `autoglm tune`; wait for it or use another --db") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def open_db(db_dir: Path, *, create: bool):
+    """The MetaSchedule JSONDatabase of `db_dir` (repaired first when it can be written)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if create:
+        db_dir.mkdir(parents=True, exist_ok=True)
+        repair(db_dir)
+    return ms.database.JSONDatabase(work_dir=str(db_dir), allow_missing=create, module_equality="structural")
+
+
+def read_tasks(db_dir: Path) -> dict[str, dict[str, Any]]:
+    """Workload hash -> the latest event of that task (`start` means interrupted, `done` finished)."""
+    events, _ = _read_lines(db_dir / TASKS)
+    latest: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if isinstance(e, dict) and "workload" in e:
+            merged = {**latest.get(e["workload"], {}), **e}
+            latest[e["workload"]] = merged
+    return latest
+
+
+def append_task(db_dir: Path, event: dict[str, Any]) -> None:
+    path = db_dir / TASKS
+    # a killed writer can leave no newline at the end; never glue a new event to a broken one
+    prefix = ""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            prefix = "" if f.read(1) == b"\n" else "\n"
+    with open(path, "a") as f:
+        f.write(prefix + json.dumps(event) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def workload_key(mod) -> str:
+    """The key of a task's workload (structural hash of the normalised PrimFunc module)."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def normalize(func):
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    return _normalize_mod(func)
+
+
+def record_ms(record) -> float | None:
+    secs = [float(s) for s in (record.run_secs or [])]
+    if not secs or min(secs) >= 1e9:
+        return None
+    return 1e3 * sorted(secs)[len(secs) // 2]
+
+
+def best_record(db, mod, target_obj):
+    """The fastest valid record of workload `mod` in `db`, or None."""
+    if not db.has_workload(mod):
+        return None
+    for rec in db.get_top_k(db.commit_workload(mod), 4):
+        if record_ms(rec) is not None:
+            return rec
+    return None
+
+
+@dataclass
+class ApplyResult:
+    database: str
+    records_applied: int
+    tuned: list[str]
+    kept_default: list[str]
+
+
+def check_database(db_dir: Path, target: Target) -> None:
+    """Validate a database given to compile: an existing directory with records for this target."""
+    if not db_dir.is_dir():
+        raise UsageError(f"tuning database {db_dir} does not exist: run `autoglm tune MODEL --target {target.name} --db {db_dir}` first")
+    if not (db_dir / WORKLOADS).exists() or not (db_dir / RECORDS).exists():
+        raise UsageError(f"{db_dir} is not a tuning database (no {WORKLOADS} / {RECORDS}); run `autoglm tune` to make one")
+    check_target(db_dir, target)
+
+
+def load_readonly(db_dir: Path):
+    """An in-memory copy of the database (a damaged last line is skipped; the files are not touched)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    workloads, _ = _read_lines(db_dir / WORKLOADS)
+    records, _ = _read_lines(db_dir / RECORDS)
+    with tempfile.TemporaryDirectory(prefix="autoglm-db-") as tmp:
+        Path(tmp, WORKLOADS).write_text("".join(json.dumps(w) + "\n" for w in workloads))
+        Path(tmp, RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records
+                                              if isinstance(r, list) and len(r) == 2 and isinstance(r[0], int)
+                                              and 0 <= r[0] < len(workloads)))
+        # JSONDatabase reads everything at construction and writes only on commit (none happen here)
+        return ms.database.JSONDatabase(work_dir=tmp, allow_missing=False, module_equality="structural")
+
+
+def ApplyTuningRecords(db_dir: Path, target: Target, result: ApplyResult):  # noqa: N802 - a pass constructor
+    """Module pass: schedule each PrimFunc that has a record in `db_dir` that beats its default schedule.
+
+    Selected records go into an in-memory database that TVM's `MetaScheduleApplyDatabase` applies;
+    applied kernels get the attribute `autoglm.tuned` (and `tirx.is_scheduled`, so the default rules
+    that run next leave them alone). `result` is filled in while the pass runs.
+    """
+    import tvm
+    from tvm import relax, tirx
+    from tvm.s_tir import meta_schedule as ms
+
+    tt = tvm.target.Target(target.tvm)
+    source = load_readonly(db_dir)
+    defaults = {k: v for k, v in read_tasks(db_dir).items()}
+
+    @tvm.transform.module_pass(opt_level=0, name="AutoglmApplyTuningRecords")
+    def _pass(mod, _ctx):
+        chosen = ms.database.MemoryDatabase(module_equality="structural")
+        names = []
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+                continue
+            wmod = normalize(func)
+            rec = best_record(source, wmod, tt)
+            if rec is None:
+                continue
+            tuned_ms = record_ms(rec)
+            default_ms = defaults.get(workload_key(rec.workload.mod), {}).get("default_ms")
+            if default_ms is not None and tuned_ms is not None and tuned_ms >= default_ms:
+                result.kept_default.append(gv.name_hint)
+                continue
+            w = chosen.commit_workload(wmod)
+            chosen.commit_tuning_record(ms.database.TuningRecord(rec.trace, w, rec.run_secs, rec.target, rec.args_info))
+            names.append(gv.name_hint)
+        if not names:
+            return mod
+        with tt, chosen:
+            new = relax.transform.MetaScheduleApplyDatabase()(mod)
+        for name in names:
+            gv = new.get_global_var(name)
+            new[gv] = new[gv].with_attr(TUNED_ATTR, True)
+        result.tuned.extend(names)
+        result.records_applied += len(names)
+        return new
+
+    return _pass
+
+
+def kernel_schedules(mod) -> dict[str, str]:
+    """Kernel name -> "tuned", "default:<rule>" or "none": what scheduled each PrimFunc."""
+    from tvm import tirx
+
+    out = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        attrs = func.attrs
+        if attrs is not None and TUNED_ATTR in attrs:
+            out[gv.name_hint] = "tuned"
+        elif attrs is not None and SCHEDULE_ATTR in attrs:
+            out[gv.name_hint] = f"default:{attrs[SCHEDULE_ATTR]}"
+        else:
+            out[gv.name_hint] = "none"
+    return dict(sorted(out.items()))
+
+
+
+def tuning_passes_for(db_dir: Path | None, target: Target) -> list:
+    """The passes `compile` runs before the default schedules: apply the records of `db_dir` (if any)."""
+    if db_dir is None:
+        return []
+    return [ApplyTuningRecords(Path(db_dir), target, ApplyResult(str(db_dir), 0, [], []))]
+
+
+def tuning_summary(db_dir: Path | None, lowered) -> dict[str, Any]:
+    """The manifest's `tuning` entry: database, records applied, and per kernel what scheduled it."""
+    kernels = kernel_schedules(lowered)
+    return {
+        "database": str(db_dir) if db_dir is not None else None,
+        "records_applied": sum(1 for v in kernels.values() if v == "tuned"),
+        "kernels": kernels,
+    }
