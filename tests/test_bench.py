@@ -183,6 +183,7 @@ def test_tflite_artifact_needs_its_model_file_for_litert(small_tflite, tmp_path)
     (("--python", "--device", "qemu"), 2, "--python"),
     (("--device", "qemu"), 2, "--device local"),
     (("--report", "r.pdf"), 2, ".md or .html"),
+    (("--profile", "--device", "rpc://127.0.0.1:9/k"), 2, "--profile"),
 ])
 def test_bad_flags(host_artifact, tmp_path, args, code, fragment):
     db = tmp_path / "r.sqlite"

@@ -146,9 +146,9 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchRun:
     source = resolve_source(cfg.artifact, manifest, cfg.model_file)
     if baseline and source is None:
         raise BenchUsageError(missing_source_message(cfg.artifact, manifest, baseline))
-    if cfg.profile and manifest["target"]["arch"] != host_arch():
-        raise BenchUsageError(f"--profile runs the artifact in-process on this machine, and {cfg.artifact} is for "
-                              f"{manifest['target']['arch']}; per-kernel profiles under qemu or over RPC are not supported")
+    if cfg.profile and cfg.device.kind != LOCAL:
+        raise BenchUsageError("--profile runs the artifact in-process on this machine (--device local); per-kernel "
+                              "profiles under qemu or over RPC are not supported")
     threads_list = cfg.threads or [int(manifest["target"].get("threads") or 1)]
     run = BenchRun(cfg, manifest, uuid.uuid4().hex, _now(), host_info(), source, baseline,
                    RUNTIME_FOR_FORMAT[fmt] if source else None)

@@ -12,8 +12,8 @@ through an SSH tunnel (docs/bench-schema.md, "Reaching a board").
 
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,31 @@ import numpy as np
 from .config import RPC_SAFETY, DeviceSpec, is_loopback
 from .errors import BenchError, BenchUsageError, one_line
 from .result import RuntimeResult
+
+
+def _in_threads(calls: list, timeout: float, what: str) -> list:
+    """Run each zero-argument call in a daemon thread (a hung RPC call must not keep the process alive)."""
+    results: list = [None] * len(calls)
+    errors: list = [None] * len(calls)
+
+    def target(i, fn):
+        try:
+            results[i] = fn()
+        except BaseException as exc:  # re-raised in the calling thread
+            errors[i] = exc
+
+    threads = [threading.Thread(target=target, args=(i, fn), daemon=True) for i, fn in enumerate(calls)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            raise BenchError(f"{what} took longer than {timeout:g} s (--timeout); this run's results were discarded")
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
 
 
 def _split(n: int, parts: int) -> list[int]:
@@ -41,7 +66,6 @@ class RpcBackend:
         self.device, self.artifact, self.manifest, self.result = device, artifact, manifest, result
         self.inputs, self.warmup, self.timeout = inputs, warmup, timeout
         self.sessions: list[_Session] = []
-        self._pool: ThreadPoolExecutor | None = None
 
     # -- connecting ---------------------------------------------------------------------------
     def _servers(self, tracker) -> list[str]:
@@ -77,7 +101,10 @@ class RpcBackend:
         addrs = self._servers(tracker)
         for addr in addrs:
             try:
-                remote = tracker.request(d.key, priority=1, session_timeout=0, max_retry=3)
+                (remote,) = _in_threads([lambda: tracker.request(d.key, priority=1, session_timeout=0, max_retry=3)],
+                                        self.timeout, f"waiting for a free RPC server under key {d.key!r}")
+            except BenchError:
+                raise
             except Exception as exc:
                 raise BenchError(f"the tracker at {d.host}:{d.port} gave no session for key {d.key!r}: {one_line(exc, 200)}") from None
             self.sessions.append(_Session(remote, addr))
@@ -119,8 +146,8 @@ class RpcBackend:
 
     def start(self, input_files: dict[str, str]) -> None:  # noqa: ARG002 - inputs are sent as tensors
         self._guard("connecting", self._connect)
-        self._pool = ThreadPoolExecutor(max_workers=len(self.sessions))
-        prepared = [self._guard(f"loading the artifact on {s.addr}", self._prepare, s) for s in self.sessions]
+        prepared = _in_threads([lambda s=s: self._guard(f"loading the artifact on {s.addr}", self._prepare, s)
+                                for s in self.sessions], self.timeout, f"loading the artifact on {self.device}")
         r = self.result
         r.load_ms, r.first_inference_ms, r.outputs = prepared[0]
         r.output_names = [o["name"] for o in self.manifest["outputs"]]
@@ -135,11 +162,11 @@ class RpcBackend:
         return [t * 1e3 for t in res.results]
 
     def block(self, n: int) -> None:
-        shares = [k for k in _split(n, len(self.sessions))]
-        jobs = [(s, k) for s, k in zip(self.sessions, shares) if k]
-        futures = [self._pool.submit(self._guard, f"timing on {s.addr}", self._time, s, k) for s, k in jobs]
-        for f in futures:
-            self.result.samples_ms.extend(f.result(timeout=self.timeout))
+        jobs = [(s, k) for s, k in zip(self.sessions, _split(n, len(self.sessions))) if k]
+        timed = _in_threads([lambda s=s, k=k: self._guard(f"timing on {s.addr}", self._time, s, k) for s, k in jobs],
+                            self.timeout, f"a block of {n} runs on {self.device}")
+        for samples in timed:
+            self.result.samples_ms.extend(samples)
 
     def finish(self) -> None:
         self.result.notes.append("peak RSS of the RPC server is not visible over RPC; load and first-inference times include the network")
@@ -149,8 +176,6 @@ class RpcBackend:
         self._close()
 
     def _close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
         for s in self.sessions:
             s.vm = s.dev = None
         self.sessions = []

@@ -22,7 +22,7 @@ class ModelSource:
 
     def describe(self) -> str:
         return {"model-file": f"the original model {self.path} (--model-file)",
-                "prepared.onnx": f"prepared.onnx from the artifact (the shape-fixed, simplified graph TVM imported)",
+                "prepared.onnx": "prepared.onnx from the artifact (the shape-fixed, simplified graph TVM imported)",
                 "artifact-source": f"{self.path.name}, the source model shipped in the artifact"}[self.origin]
 
 
