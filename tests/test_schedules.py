@@ -81,6 +81,8 @@ OPS = {
     "conv7x7-stride2": (lambda: ConvAct(3, 16, 7, stride=2, act=False), (1, 3, 32, 32), {"conv2d"}),
     "depthwise3x3": (lambda: ConvAct(16, 16, 3, groups=16), (1, 16, 14, 14), {"conv2d-depthwise"}),
     "depthwise3x3-stride2": (lambda: ConvAct(24, 24, 3, stride=2, groups=24), (1, 24, 15, 15), {"conv2d-depthwise"}),
+    # even padded width: the padding stage is stored de-interleaved (even/odd columns)
+    "depthwise3x3-stride2-even": (lambda: ConvAct(16, 16, 3, stride=2, groups=16), (1, 16, 20, 20), {"conv2d-depthwise"}),
     "pointwise-residual": (lambda: PointwiseResidual(32), (1, 32, 7, 7), {"conv2d"}),
     "linear": (lambda: Linear(40, 10), (3, 40), {"matmul"}),
     "batch-matmul": (lambda: BatchMatmul(), (2, 16, 12), {"matmul", "reduction"}),
@@ -204,7 +206,7 @@ def test_schedules_compile_for_arm(arch, op_models, convnet_onnx, tmp_path):
     if shutil.which(compiler) is None:
         pytest.skip(f"{compiler} not found: apt-get install {package}")
     target = targets.load_target(target_name)
-    for name in ("conv3x3-stride2-odd", "depthwise3x3", "pointwise-residual", "batch-matmul", "pools"):
+    for name in ("conv3x3-stride2-odd", "depthwise3x3-stride2-even", "pointwise-residual", "batch-matmul", "pools"):
         names = _schedule_only(op_models[name], target)
         assert any(v and v.endswith(isa) for v in names.values()), names
         assert not [k for k, v in names.items() if v is None and _is_compute_kernel(k)], names
