@@ -83,8 +83,8 @@ def ms(v: float) -> str:
 
 
 def table(docs: dict[str, dict]) -> tuple[list[str], list[float]]:
-    lines = ["| model | threads | onnxruntime p50 ms | autoglm (C++ runner) p50 ms | ratio autoglm / ort | "
-             "ort load ms | autoglm load ms | ort peak RSS | autoglm peak RSS | artifact size | planned activations | outputs (max abs err) |",
+    lines = ["| model | threads | baseline p50 ms | autoglm (C++ runner) p50 ms | ratio autoglm / baseline | "
+             "baseline load ms | autoglm load ms | baseline peak RSS | autoglm peak RSS | artifact size | planned activations | outputs (max abs err) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios = []
     for model, doc in docs.items():
@@ -123,7 +123,7 @@ def main() -> None:
     for model in args.models:
         art, source = build(model, args.work)
         docs[model] = bench(model, art, source, args)
-    lines, ratios = table(docs)
+    lines, _ratios = table(docs)
     h = host_info()
     tvm_note = next(iter(docs.values()))["artifact"]["tvm_version"]
     cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
@@ -146,14 +146,34 @@ def main() -> None:
         "",
         *lines,
         "",
-        f"Across these models the toolkit's median latency is {min(ratios):.2f}x to {max(ratios):.2f}x "
-        f"onnxruntime's (geometric mean {geomean(ratios):.2f}x).",
+        *summary(docs),
         "",
     ])
     print(text)
     if args.write:
         args.write.write_text(text)
         log(f"wrote {args.write}")
+
+
+def summary(docs: dict[str, dict]) -> list[str]:
+    """Ratio ranges per thread count, and a warning when more threads made onnxruntime slower (a loaded machine)."""
+    by_threads: dict[int, list[float]] = {}
+    base_p50: dict[str, dict[int, float]] = {}
+    for model, doc in docs.items():
+        for r in doc["results"]:
+            if r["role"] == "toolkit":
+                by_threads.setdefault(r["threads"], []).append(r["ratio_vs_baseline"]["p50"])
+            else:
+                base_p50.setdefault(model, {})[r["threads"]] = r["latency_ms"]["p50"]
+    out = [f"- {t} thread{'s' if t > 1 else ''}: the toolkit's median is {min(v):.2f}x to {max(v):.2f}x the baseline's "
+           f"(geometric mean {geomean(v):.2f}x over {len(v)} models)." for t, v in sorted(by_threads.items())]
+    # below ~1 ms a second thread can honestly cost more than it gains; above, it is a sign of a busy machine
+    slower = [m for m, p in base_p50.items() if len(p) > 1 and p[min(p)] > 1.0 and p[max(p)] > 1.2 * p[min(p)]]
+    if slower:
+        out.append(f"- Warning: the baseline was more than 20% slower with {max(by_threads)} threads than with "
+                   f"{min(by_threads)} for {len(slower)} of {len(base_p50)} models ({', '.join(slower)}): other "
+                   f"processes were using the cores, so the multi-thread rows are not a fair comparison.")
+    return out
 
 
 def git_revision() -> str:
