@@ -34,8 +34,14 @@ def latency_cdf(doc: dict[str, Any]) -> bytes:
         ys = np.arange(1, xs.size + 1) / xs.size
         label = f"{r['runtime']}, {r['threads']} thr" + (" (emulated)" if r["emulated"] else "")
         ax.step(xs, ys, where="post", label=label, linestyle="--" if r["role"] == "baseline" else "-")
-    ax.set_xscale("log")
-    ax.set_xlabel("latency per inference (ms, log scale)")
+    samples = [x for r in doc["results"] for x in r["samples_ms"] if x > 0]
+    log_scale = bool(samples) and max(samples) / min(samples) > 20
+    if log_scale:  # runtimes an order of magnitude apart
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.set_xlabel("latency per inference (ms" + (", log scale)" if log_scale else ")"))
     ax.set_ylabel("fraction of runs ≤ latency")
     ax.set_title(f"Latency CDF: {doc['artifact']['model']['name']} on {doc['device']['spec']}")
     ax.grid(True, which="both", alpha=0.3)
