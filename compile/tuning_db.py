@@ -115,8 +115,8 @@ def _atomic_write(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _read_lines(path: Path) -> tuple[list[Any], bool]:
-    """The parsed lines of a JSON-lines file and whether its tail was damaged (and must be rewritten).
+def _read_raw(path: Path) -> tuple[list[tuple[Any, bytes]], bool]:
+    """The parsed lines of a JSON-lines file (with their exact bytes) and whether its tail is damaged.
 
     Only the last line can be half-written by a killed append; a bad line elsewhere is corruption.
     """
@@ -133,13 +133,31 @@ def _read_lines(path: Path) -> tuple[list[Any], bool]:
             damaged = True
             continue
         try:
-            out.append(json.loads(line))
+            out.append((json.loads(line), line))
         except ValueError:
             if i == len(lines) - 1:
                 damaged = True
                 continue
             raise TuningError(f"tuning database file {path} is corrupt at line {i + 1}; move it away to start afresh") from None
     return out, damaged
+
+
+def _read_lines(path: Path) -> tuple[list[Any], bool]:
+    parsed, damaged = _read_raw(path)
+    return [obj for obj, _ in parsed], damaged
+
+
+def _rewrite(path: Path, lines: list[bytes]) -> None:
+    """Replace `path` atomically with `lines`, each kept byte for byte."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 @dataclass
@@ -150,19 +168,21 @@ class RepairReport:
 
 
 def repair(db_dir: Path) -> RepairReport:
-    """Drop a half-written last line (and records of lost workloads) left by a killed run."""
-    workloads, w_damaged = _read_lines(db_dir / WORKLOADS)
-    records, r_damaged = _read_lines(db_dir / RECORDS)
-    valid = [r for r in records if isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and 0 <= r[0] < len(workloads)]
+    """Drop a half-written last line (and records of lost workloads) left by a killed run; other lines stay byte for byte."""
+    workloads, w_damaged = _read_raw(db_dir / WORKLOADS)
+    records, r_damaged = _read_raw(db_dir / RECORDS)
+    n_work = len(workloads)
+    valid = [(r, line) for r, line in records
+             if isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and 0 <= r[0] < n_work]
     dropped = len(records) - len(valid) + int(w_damaged) + int(r_damaged)
     if w_damaged:
-        _atomic_write(db_dir / WORKLOADS, "".join(json.dumps(w) + "\n" for w in workloads))
+        _rewrite(db_dir / WORKLOADS, [line for _, line in workloads])
     if r_damaged or len(valid) != len(records):
-        _atomic_write(db_dir / RECORDS, "".join(json.dumps(r) + "\n" for r in valid))
-    events, t_damaged = _read_lines(db_dir / TASKS)
+        _rewrite(db_dir / RECORDS, [line for _, line in valid])
+    events, t_damaged = _read_raw(db_dir / TASKS)
     if t_damaged:
-        _atomic_write(db_dir / TASKS, "".join(json.dumps(e) + "\n" for e in events))
-    return RepairReport(len(workloads), len(valid), dropped)
+        _rewrite(db_dir / TASKS, [line for _, line in events])
+    return RepairReport(n_work, len(valid), dropped)
 
 
 def count_records(db_dir: Path) -> int:
@@ -270,13 +290,12 @@ def load_readonly(db_dir: Path):
     """An in-memory copy of the database (a damaged last line is skipped; the files are not touched)."""
     from tvm.s_tir import meta_schedule as ms
 
-    workloads, _ = _read_lines(db_dir / WORKLOADS)
-    records, _ = _read_lines(db_dir / RECORDS)
+    workloads, _ = _read_raw(db_dir / WORKLOADS)
+    records, _ = _read_raw(db_dir / RECORDS)
     with tempfile.TemporaryDirectory(prefix="autoglm-db-") as tmp:
-        Path(tmp, WORKLOADS).write_text("".join(json.dumps(w) + "\n" for w in workloads))
-        Path(tmp, RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records
-                                              if isinstance(r, list) and len(r) == 2 and isinstance(r[0], int)
-                                              and 0 <= r[0] < len(workloads)))
+        _rewrite(Path(tmp, WORKLOADS), [line for _, line in workloads])
+        _rewrite(Path(tmp, RECORDS), [line for r, line in records if isinstance(r, list) and len(r) == 2
+                                      and isinstance(r[0], int) and 0 <= r[0] < len(workloads)])
         # JSONDatabase reads everything at construction and writes only on commit (none happen here)
         return ms.database.JSONDatabase(work_dir=tmp, allow_missing=False, module_equality="structural")
 

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import targets as targets_mod
 from compile import UsageError
+from compile.tuning_db import TuningError
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
@@ -62,6 +63,10 @@ class RichProgress:
             self.bar = None
 
 
+class TuneInterrupted(TuningError):
+    exit_code = 130
+
+
 def register(app: typer.Typer) -> None:
     @app.command("tune")
     def tune_cmd(
@@ -98,6 +103,9 @@ def register(app: typer.Typer) -> None:
         try:
             summary = tune_model(model, tgt, db, trials=trials, budget_s=budget_s, rpc=spec, input_shapes=shapes,
                                  batch=batch, seed=seed, progress=progress)
+        except KeyboardInterrupt:
+            raise TuneInterrupted("interrupted; the records measured so far are kept in the tuning database: "
+                                  "run the same command again to resume") from None
         finally:
             progress.stop()
         if as_json:

@@ -1,0 +1,297 @@
+"""`autoglm tune` and `compile --tuning-db` through the real CLI, with tiny budgets.
+
+The models are small MLPs (one fused matmul kernel per layer) so each tuning run takes seconds.
+Nothing here asserts a timing: only what was measured, reused, kept and applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import AUTOGLM, assert_user_error, run_cli
+
+RECORDS = "database_tuning_record.json"
+WORKLOADS = "database_workload.json"
+
+
+def make_mlp(path: Path, sizes: tuple[int, ...], seed: int = 0) -> Path:
+    """An ONNX MLP: MatMul+Add(+Relu) per layer, i.e. one fused kernel (tuning task) per layer."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, cur = [], [], "x"
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        inits += [numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array(rng.standard_normal((b,)).astype(np.float32), f"b{i}")]
+        nodes += [helper.make_node("MatMul", [cur, f"w{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
+        cur = f"a{i}"
+        if i < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [cur], [f"r{i}"]))
+            cur = f"r{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, sizes[0]])],
+                              [helper.make_tensor_value_info(cur, TensorProto.FLOAT, [1, sizes[-1]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def tune(*args, check: bool = True, timeout: int = 300) -> dict:
+    proc = run_cli("tune", *args, "--json", "--quiet", check=check, timeout=timeout)
+    return json.loads(proc.stdout)
+
+
+def record_lines(db: Path) -> list[str]:
+    return [ln for ln in (db / RECORDS).read_text().splitlines() if ln.strip()]
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory) -> Path:
+    return make_mlp(tmp_path_factory.mktemp("tune-models") / "mlp.onnx", (64, 128, 32))
+
+
+@pytest.fixture(scope="module")
+def tuned(mlp, tmp_path_factory) -> tuple[Path, dict]:
+    db = tmp_path_factory.mktemp("tune") / "db"
+    summary = tune(mlp, "--target", "host", "--trials", "4", "--batch", "2", "--db", db)
+    return db, summary
+
+
+def test_tune_writes_a_database(tuned):
+    db, s = tuned
+    assert s["tasks_total"] == 2 and s["tasks_tuned"] == 2 and s["tasks_reused"] == 0
+    assert s["trials_measured"] >= 2 and s["default_measurements"] == 2
+    assert len(record_lines(db)) == s["records_in_db"] >= 2
+    meta = json.loads((db / "autoglm-db.json").read_text())
+    assert meta["target"] == "host"
+    events = [json.loads(ln) for ln in (db / "autoglm-tasks.jsonl").read_text().splitlines()]
+    assert sorted(e["task"] for e in events if e["event"] == "done") == sorted(t["name"] for t in s["tasks"])
+    for t in s["tasks"]:
+        assert t["status"] == "tuned" and t["trials"] >= 1 and t["records"] >= 1
+        assert t["default_rule"] is None or t["default_rule"].startswith("matmul")
+
+
+def test_second_run_measures_nothing(tuned, mlp):
+    db, first = tuned
+    before = record_lines(db)
+    s = tune(mlp, "--target", "host", "--trials", "4", "--batch", "2", "--db", db)
+    assert s["tasks_tuned"] == 0 and s["tasks_reused"] == 2
+    assert s["trials_measured"] == 0 and s["default_measurements"] == 0
+    assert record_lines(db) == before
+
+
+def test_records_are_reused_across_models(tuned, tmp_path):
+    """A second model sharing the first layer (same workload) measures only its new kernel."""
+    db = tmp_path / "db"
+    shutil.copytree(tuned[0], db)
+    other = make_mlp(tmp_path / "other.onnx", (64, 128, 16), seed=3)  # same layer-1 shapes, other weights
+    s = tune(other, "--target", "host", "--trials", "2", "--batch", "2", "--db", db)
+    status = {t["name"]: t["status"] for t in s["tasks"]}
+    assert sorted(status.values()) == ["reused", "tuned"], status
+    assert s["default_measurements"] == 1
+
+
+def test_compile_applies_the_records(tuned, mlp, tmp_path):
+    db, s = tuned
+    out = tmp_path / "art"
+    proc = run_cli("compile", mlp, "--target", "host", "--tuning-db", db, "-o", out, check=True)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["verification"]["passed"] is True
+    tun = m["tuning"]
+    assert tun["database"] == str(db.resolve())
+    assert set(tun["kernels"]) == set(m["fusion"]["kernel_names"])
+    assert all(v == "tuned" or v == "none" or v.startswith("default:") for v in tun["kernels"].values())
+    # a record is applied exactly where it measured faster than the default schedule
+    faster = sum(1 for t in s["tasks"] if t["best_ms"] is not None and (t["default_ms"] is None or t["best_ms"] < t["default_ms"]))
+    assert tun["records_applied"] == faster == sum(v == "tuned" for v in tun["kernels"].values())
+    assert f"{faster} tuned kernels" in proc.stdout
+
+
+def test_compile_applies_records_without_baselines(tuned, mlp, tmp_path):
+    """With no default-schedule latency known (records from elsewhere), every kernel with a record is tuned."""
+    db = tmp_path / "db"
+    shutil.copytree(tuned[0], db)
+    (db / "autoglm-tasks.jsonl").unlink()
+    out = tmp_path / "art"
+    run_cli("compile", mlp, "--tuning-db", db, "-o", out, check=True)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["verification"]["passed"] is True
+    assert m["tuning"]["records_applied"] == 2
+    assert set(m["tuning"]["kernels"].values()) == {"tuned"}
+
+
+def test_interrupted_run_resumes(tmp_path):
+    model = make_mlp(tmp_path / "mlp3.onnx", (32, 96, 48, 24), seed=1)
+    db = tmp_path / "db"
+    cmd = [str(AUTOGLM), "tune", str(model), "--trials", "12", "--batch", "2", "--db", str(db), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (db / RECORDS).exists() and record_lines(db):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = record_lines(db)
+    assert kept
+    # a kill in the middle of an append leaves half a line: the next run must cope with it
+    with open(db / RECORDS, "a") as f:
+        f.write(kept[-1][: len(kept[-1]) // 2])
+    s = tune(model, "--trials", "12", "--batch", "2", "--db", db)
+    assert s["repaired_lines"] >= 1
+    after = record_lines(db)
+    for line in kept:
+        assert line in after
+    assert s["records_in_db"] == len(after) >= len(kept)
+    assert s["tasks_reused"] + s["tasks_tuned"] == s["tasks_total"] == 3
+    assert all(t["status"] in ("reused", "tuned", "resumed") for t in s["tasks"])
+    # finished now: a third run measures nothing
+    again = tune(model, "--trials", "12", "--batch", "2", "--db", db)
+    assert again["trials_measured"] == 0 and again["tasks_reused"] == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def rpc_tracker():
+    """A TVM RPC tracker and one server under key 'loopback', both bound to 127.0.0.1 only."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                                "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    server = None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        sport = _free_port()
+        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "loopback",
+                                   "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        from tvm import rpc
+
+        while time.monotonic() < deadline:
+            try:
+                info = rpc.connect_tracker("127.0.0.1", port).summary()
+                if any(s["key"].endswith("loopback") for s in info.get("server_info", [])):
+                    break
+            except Exception:  # noqa: BLE001 - tracker still starting
+                pass
+            time.sleep(0.3)
+        else:
+            pytest.fail("the loopback RPC server did not register with the tracker")
+        yield port
+    finally:
+        for p in (server, tracker):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def test_rpc_runner_records_measurements(rpc_tracker, tmp_path):
+    model = make_mlp(tmp_path / "one.onnx", (64, 32), seed=2)
+    db = tmp_path / "db"
+    s = tune(model, "--trials", "2", "--batch", "2", "--db", db, "--rpc", f"127.0.0.1:{rpc_tracker}/loopback")
+    assert s["measured_on"] == f"rpc 127.0.0.1:{rpc_tracker}/loopback"
+    assert s["tasks_total"] == 1 and s["trials_measured"] >= 1
+    (task,) = s["tasks"]
+    assert task["best_ms"] is not None and task["default_ms"] is not None
+    assert len(record_lines(db)) >= 1
+
+
+# ---- errors: one line, the right exit code, nothing written ---------------------------------------
+
+def test_bad_budget(mlp, tmp_path):
+    db = tmp_path / "db"
+    assert_user_error(run_cli("tune", mlp, "--budget", "soon", "--db", db), 2, "--budget", "15m")
+    assert not db.exists()
+
+
+def test_missing_budget(mlp, tmp_path):
+    db = tmp_path / "db"
+    assert_user_error(run_cli("tune", mlp, "--db", db), 2, "--trials")
+    assert not db.exists()
+
+
+def test_unknown_target(mlp, tmp_path):
+    db = tmp_path / "db"
+    assert_user_error(run_cli("tune", mlp, "--target", "rpi9", "--trials", "2", "--db", db), 2, "unknown target")
+    assert not db.exists()
+
+
+def test_db_not_writable(mlp, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(run_cli("tune", mlp, "--trials", "2", "--db", blocker / "db"), 2, "tuning database", "--db")
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            assert_user_error(run_cli("tune", mlp, "--trials", "2", "--db", ro / "db"), 2, "not writable")
+            assert not (ro / "db").exists()
+        finally:
+            ro.chmod(0o755)
+
+
+def test_rpc_tracker_unreachable(mlp, tmp_path):
+    db = tmp_path / "db"
+    port = _free_port()
+    line = assert_user_error(run_cli("tune", mlp, "--trials", "2", "--db", db, "--rpc", f"127.0.0.1:{port}/x"), 1,
+                             "RPC tracker", "unreachable")
+    assert str(port) in line
+    assert not db.exists()
+
+
+def test_bad_rpc_spec(mlp, tmp_path):
+    assert_user_error(run_cli("tune", mlp, "--trials", "2", "--db", tmp_path / "db", "--rpc", "nohost"), 2, "HOST:PORT")
+
+
+def test_cross_target_needs_rpc(mlp, tmp_path):
+    assert_user_error(run_cli("tune", mlp, "--target", "rpi4", "--trials", "2", "--db", tmp_path / "db"), 2, "--rpc")
+
+
+def test_compile_with_missing_db(mlp, tmp_path):
+    out = tmp_path / "art"
+    assert_user_error(run_cli("compile", mlp, "--tuning-db", tmp_path / "nope", "-o", out), 2, "does not exist", "autoglm tune")
+    assert not out.exists()
+
+
+def test_compile_refuses_db_of_another_target(tuned, mlp, tmp_path):
+    db = tmp_path / "db"
+    shutil.copytree(tuned[0], db)
+    meta = json.loads((db / "autoglm-db.json").read_text())
+    meta.update(target="rpi4", tvm_target='{"kind":"llvm","mtriple":"aarch64-linux-gnu"}')
+    (db / "autoglm-db.json").write_text(json.dumps(meta))
+    out = tmp_path / "art"
+    assert_user_error(run_cli("compile", mlp, "--tuning-db", db, "-o", out), 2, "rpi4")
+    assert not out.exists()
