@@ -361,7 +361,8 @@ def _classes():
                 return -1
             if self.state.get("in_flight"):
                 self.join_running_task(0)
-            if self.deadline is not None and time.monotonic() >= self.deadline:
+            # every task gets at least one batch; after that its time slice decides
+            if self.deadline is not None and self.state.get("batches", 0) and time.monotonic() >= self.deadline:
                 return -1
             self.state["in_flight"] = True
             return 0
@@ -375,6 +376,7 @@ def _classes():
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
             self.state["in_flight"] = False
+            self.state["batches"] = self.state.get("batches", 0) + 1
             ok = []
             for b, r in zip(builder_results, runner_results):
                 if b.error_msg is None and r.error_msg is None and r.run_secs:
@@ -488,6 +490,9 @@ def _tune_pending(ms, db, db_dir: Path, pending, summary: TuneSummary, tt, build
                   seed, progress: Progress, started: float) -> None:
     _, OneTaskScheduler, ProgressCallback = _classes()
     weights = [max(rep.calls * (rep.default_ms or 1.0), 1e-6) for _, rep in pending]
+    # no kernel is starved: each weighs at least a tenth of the average
+    floor = 0.1 * sum(weights) / len(weights) if weights else 0.0
+    weights = [max(w, floor) for w in weights]
     order = sorted(range(len(pending)), key=lambda i: -weights[i])
     shares = _allocate(trials, weights) if trials is not None else None
     deadline_all = started + budget_s if budget_s is not None else None
@@ -495,6 +500,7 @@ def _tune_pending(ms, db, db_dir: Path, pending, summary: TuneSummary, tt, build
     quiet = logging.getLogger("autoglm.tune.metaschedule")
     quiet.setLevel(logging.WARNING)
     done_trials = 0
+    batch_s, batch_times = 5.0, []  # seconds per search round (estimate until measured)
     progress.start(float(trials) if trials is not None else float(budget_s), "trials" if trials is not None else "s")
 
     def model_ms() -> float | None:
@@ -510,7 +516,10 @@ def _tune_pending(ms, db, db_dir: Path, pending, summary: TuneSummary, tt, build
             if left <= 0:
                 rep.status = "skipped"
                 continue
-            deadline = time.monotonic() + left * weights[idx] / wleft
+            # keep about one batch of time for each task still to come, split the rest by weight
+            after = len(order) - pos - 1
+            usable = max(0.0, left - batch_s * after)
+            deadline = time.monotonic() + usable * weights[idx] / wleft
         if share <= 0:
             rep.status = "skipped"
             continue
@@ -541,11 +550,15 @@ def _tune_pending(ms, db, db_dir: Path, pending, summary: TuneSummary, tt, build
         ).clone()
         scheduler = OneTaskScheduler(deadline, state)
         callbacks = ms.measure_callback.MeasureCallback.create("default") + [ProgressCallback(on_batch, state)]
+        task_started = time.monotonic()
         scheduler.tune(
             tasks=[ctx], task_weights=[1.0], max_trials_global=share, max_trials_per_task=share,
             num_trials_per_iter=max(1, min(batch, share)), builder=builder, runner=runner,
             measure_callbacks=callbacks, database=db, cost_model=cost_model,
         )
+        if state.get("batches"):
+            batch_times.append((time.monotonic() - task_started) / state["batches"])
+            batch_s = sum(batch_times) / len(batch_times)
         best = tuning_db.best_record(db, wmod, tt)
         rep.best_ms = tuning_db.record_ms(best) if best is not None else rep.best_ms
         rep.records = len(db.get_top_k(db.commit_workload(wmod), 1 << 30))

@@ -168,6 +168,12 @@ def test_interrupted_run_resumes(tmp_path):
     assert again["trials_measured"] == 0 and again["tasks_reused"] == 3
 
 
+def test_time_budget(tmp_path):
+    model = make_mlp(tmp_path / "one.onnx", (48, 24), seed=4)
+    s = tune(model, "--budget", "15s", "--batch", "2", "--db", tmp_path / "db")
+    assert s["budget"] == "15 s" and s["tasks_tuned"] == 1 and s["trials_measured"] >= 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -180,7 +186,8 @@ def rpc_tracker():
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                                "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                                "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                               start_new_session=True)
     server = None
     try:
         deadline = time.monotonic() + 60
@@ -193,7 +200,7 @@ def rpc_tracker():
         sport = _free_port()
         server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "loopback",
                                    "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
         from tvm import rpc
 
         while time.monotonic() < deadline:
@@ -208,13 +215,24 @@ def rpc_tracker():
             pytest.fail("the loopback RPC server did not register with the tracker")
         yield port
     finally:
+        # each in its own process group: the server's worker processes go with it
         for p in (server, tracker):
-            if p is not None and p.poll() is None:
-                p.terminate()
+            if p is None:
+                continue
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    break
                 try:
                     p.wait(timeout=10)
+                    break
                 except subprocess.TimeoutExpired:
-                    p.kill()
+                    continue
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # stragglers of the group
+            except ProcessLookupError:
+                pass
 
 
 def test_rpc_runner_records_measurements(rpc_tracker, tmp_path):
