@@ -22,7 +22,7 @@ err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isa
 def _fmt_ms(v: float | None) -> str:
     if v is None:
         return "-"
-    return f"{v * 1e3:.1f} us" if v < 1 else f"{v:.3f} ms"
+    return f"{v * 1e3:.3g} us" if v < 1 else f"{v:.3f} ms"
 
 
 class RichProgress:
