@@ -87,7 +87,10 @@ def kernel_table(lowered) -> list[dict[str, Any]]:
             if hasattr(buf, "shape") and all(hasattr(d, "value") for d in buf.shape):
                 nbytes += int(np.prod([int(d.value) for d in buf.shape])) * np.dtype(str(buf.dtype)).itemsize
         attrs = func.attrs or {}
-        schedule = str(attrs["autoglm.schedule"]) if "autoglm.schedule" in attrs else "none"
+        if "autoglm.tuned" in attrs:  # compile.tuning_db.TUNED_ATTR: a MetaSchedule record won
+            schedule = "tuned"
+        else:
+            schedule = str(attrs["autoglm.schedule"]) if "autoglm.schedule" in attrs else "none"
         rows.append({"name": name, "pattern": pattern_of(name), "flops": flops, "bytes": nbytes,
                      "schedule": schedule, "launches": launches.get(name, 0), "time_us": None})
     rows.sort(key=lambda r: -(r["flops"] or 0))

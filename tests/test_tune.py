@@ -131,6 +131,7 @@ def test_compile_applies_records_without_baselines(tuned, mlp, tmp_path):
     assert m["verification"]["passed"] is True
     assert m["tuning"]["records_applied"] == 2
     assert set(m["tuning"]["kernels"].values()) == {"tuned"}
+    assert {r["schedule"] for r in m["fusion"]["kernel_table"]} == {"tuned"}  # the fusion report agrees
 
 
 def test_interrupted_run_resumes(tmp_path):
