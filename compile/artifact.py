@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ArtifactError, UsageError
+from .fileio import write_atomic
 from .frontend import sha256_file
 
 FORMAT_VERSION = 1
@@ -71,9 +72,7 @@ def publish(tmp: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_manifest(artifact: str | Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 from targets import Target
 
 from .errors import AutoglmError, UsageError
+from .fileio import write_atomic
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -99,20 +100,8 @@ def write_meta(db_dir: Path, target: Target) -> None:
     meta_path = db_dir / META
     if meta_path.exists():
         return
-    _atomic_write(meta_path, json.dumps({"format": FORMAT, "target": target.name, "tvm_target": _target_json(target),
+    write_atomic(meta_path, json.dumps({"format": FORMAT, "target": target.name, "tvm_target": _target_json(target),
                                          "tvm_version": tvm.__version__}, indent=2) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _read_raw(path: Path) -> tuple[list[tuple[Any, bytes]], bool]:
@@ -149,15 +138,7 @@ def _read_lines(path: Path) -> tuple[list[Any], bool]:
 
 def _rewrite(path: Path, lines: list[bytes]) -> None:
     """Replace `path` atomically with `lines`, each kept byte for byte."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"".join(line + b"\n" for line in lines))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(path, b"".join(line + b"\n" for line in lines))
 
 
 @dataclass

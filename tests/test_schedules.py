@@ -18,10 +18,9 @@ from torch import nn
 
 import targets
 from compile import compile_model
-from compile.build import relax_pipeline
 from compile.frontend import load_model
 from compile.schedule import NO_SCHEDULES_ENV, schedule_passes
-from compile.schedules import ATTR, cpu_config, schedule_names
+from compile.schedules import cpu_config, schedule_names
 from toolkit.export import export_onnx
 
 ARM_TARGETS = {

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -15,6 +13,7 @@ from rich.table import Table
 
 import targets as targets_mod
 from compile import AutoglmError, UsageError
+from compile.fileio import atomic_output
 
 app = typer.Typer(
     help="Open-AutoGLM Edge: compile models for edge targets with Apache TVM, verify, run and inspect them.",
@@ -143,14 +142,8 @@ def _load_npy(spec: str) -> tuple[str, np.ndarray]:
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_output(path) as f:
+        np.savez(f, **arrays)
 
 
 def _describe_outputs(outputs: dict[str, np.ndarray]) -> None:

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
+from compile.fileio import write_atomic
+
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def bench_cmd(
@@ -90,10 +79,10 @@ def bench_cmd(
 
         print_run(console, doc)
         if json_out is not None:
-            _write_atomic(json_out, json.dumps(doc, indent=2) + "\n")
+            write_atomic(json_out, json.dumps(doc, indent=2) + "\n")
             console.print(f"json: {json_out}")
     if csv_out is not None:
-        _write_atomic(csv_out, to_csv(doc))
+        write_atomic(csv_out, to_csv(doc))
         if json_out != Path("-"):
             console.print(f"csv: {csv_out}")
     if report is not None:

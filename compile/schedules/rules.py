@@ -310,7 +310,6 @@ def conv2d_packed(func, cfg: CpuConfig):
     `layout_rewrite_preproc` stage that SplitLayoutRewritePreproc + FoldConstant move to compile time.
     """
     _, s_tir, tirx = _ir()
-    from tvm.tirx import IndexMap  # noqa: F401 - checks the API exists
 
     prep = _prepare(func)
     if prep is None or prep.info.kind != "conv2d" or prep.info.m is None:
@@ -421,7 +420,7 @@ def tiled_reduction(func, cfg: CpuConfig):
     prep = _prepare(func)
     if prep is None:
         return None
-    sch, root, main, info, iters = prep.sch, prep.root, prep.main, prep.info, prep.iters
+    sch, main, info, iters = prep.sch, prep.main, prep.info, prep.iters
     prologue_left, epilogue, out_buf, is_output = prep.prologue, list(prep.epilogue), prep.out_buf, prep.is_output
     if is_output:
         epilogue = [sch.cache_write(main, 0, "local")]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from compile.fileio import write_atomic
 
 from . import plots
 from .table import fmt_bytes
@@ -66,17 +66,6 @@ def _profile_rows(doc):
     return [[k["name"], str(k["calls_per_run"]), f"{k['ms_per_run']:.4f}", f"{100 * k['share']:.1f}%"] for k in p["kernels"]]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _images(doc) -> list[tuple[str, str, bytes]]:
     out = [("latency_cdf.png", "Latency CDF per runtime", plots.latency_cdf(doc))]
     prof = plots.kernel_profile(doc)
@@ -95,7 +84,7 @@ def write_report(doc: dict[str, Any], path: Path) -> list[Path]:
         side = path.parent / f"{path.stem}_files"
         written = []
         for name, _alt, data in images:
-            _write_atomic(side / name, data)
+            write_atomic(side / name, data)
             written.append(side / name)
         md = [f"# {title}", "", *[f"- {f}" for f in _facts(doc)], "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *["| " + " | ".join(r) + " |" for r in rows], ""]
@@ -104,7 +93,7 @@ def write_report(doc: dict[str, Any], path: Path) -> list[Path]:
                    "|---|---|---|---|", *["| " + " | ".join(r) + " |" for r in _profile_rows(doc)], ""]
         for name, alt, _data in images:
             md += [f"![{alt}]({side.name}/{name})", ""]
-        _write_atomic(path, "\n".join(md).encode())
+        write_atomic(path, "\n".join(md).encode())
         return [path, *written]
     esc = html.escape
     table = ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
@@ -122,5 +111,5 @@ def write_report(doc: dict[str, Any], path: Path) -> list[Path]:
     for _name, alt, data in images:
         parts.append(f"<h2>{esc(alt)}</h2><img alt='{esc(alt)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
     parts.append("</body></html>")
-    _write_atomic(path, "\n".join(parts).encode())
+    write_atomic(path, "\n".join(parts).encode())
     return [path]
