@@ -1,14 +1,20 @@
-"""Default CPU schedules vs unscheduled TVM vs onnxruntime, on the zoo's edge models.
+"""onnxruntime vs TVM with the default schedules vs TVM tuned (vs TVM unscheduled), in one run, interleaved.
 
-For each model (MobileNetV2-224, ResNet18-224, BERT-mini seq 128, the small ConvNet) this builds two
-host artifacts with the toolkit — with the default schedules, and with AUTOGLM_NO_SCHEDULES=1 —
-both verified against onnxruntime, then times onnxruntime and both artifacts in the same process,
-interleaved (one call of each per round, order rotating), for each thread count (a fresh process
-per count: TVM_NUM_THREADS sizes TVM's pool, intra_op_num_threads onnxruntime's). Prints a
-Markdown table of medians and ratios.
+For each model (MobileNetV2-224, ResNet18-224, BERT-mini seq 128, a member of the search space, the
+small ConvNet) this builds host artifacts with the toolkit, each verified against onnxruntime:
 
-    python benchmarks/bench_schedules.py [--models mobilenetv2 resnet18 bert-mini convnet]
-                                         [--threads 1 2] [--repeat 30] [--work DIR]
+- default:     the rule-based default schedules (no tuning);
+- tuned:       after `autoglm tune MODEL --budget B --db DB` (one database shared by all models, so a
+               workload tuned for one model is reused by the next), compiled with `--tuning-db DB`;
+- unscheduled: AUTOGLM_NO_SCHEDULES=1, TVM's default pipeline (10-40x slower: first rounds only).
+
+Then, per thread count, in a fresh process (TVM_NUM_THREADS sizes TVM's pool, intra_op_num_threads
+onnxruntime's), it times onnxruntime and every artifact in the same process, interleaved (one call of
+each per round, order rotating), and prints a Markdown table of medians, ratios and the fraction of
+the CPU's peak FLOP/s that each reaches.
+
+    python benchmarks/bench_schedules.py [--models ...] [--variants default tuned unscheduled]
+                                         [--tune-budget 10m] [--threads 1 2] [--repeat 30] [--work DIR]
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -27,47 +34,80 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-MODELS = ["mobilenetv2", "resnet18", "bert-mini", "convnet"]
+MODELS = ["mobilenetv2", "resnet18", "bert-mini", "searchnet", "convnet"]
 LABELS = {"mobilenetv2": "MobileNetV2-224", "resnet18": "ResNet18-224", "bert-mini": "BERT-mini (seq 128)",
-          "convnet": "ConvNet (32x32)"}
+          "searchnet": "search-space net (mbconv-v1 sample, 224)", "convnet": "ConvNet (32x32)"}
+VARIANTS = ["default", "tuned", "unscheduled"]
 SLOW_ROUNDS = 5  # unscheduled builds are 10-40x slower: time them in the first rounds only
+# Peak FLOP/s assumes two FMA pipes per core, each one vector wide (AVX2: 2 x 8 lanes x 2 = 32 FLOP/cycle).
+FMA_PIPES = 2
 
 
-def _build(model: str, work: Path, rebuild: bool) -> dict[str, Path]:
+def _compile(onnx_path: Path, out: Path, rebuild: bool, *, no_schedules: bool = False, tuning_db: Path | None = None):
     import targets
     from compile import compile_model
     from compile.schedule import NO_SCHEDULES_ENV
+
+    if not rebuild and (out / "manifest.json").exists():
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    old = os.environ.pop(NO_SCHEDULES_ENV, None)
+    if no_schedules:
+        os.environ[NO_SCHEDULES_ENV] = "1"
+    try:
+        t0 = time.perf_counter()
+        compile_model(onnx_path, targets.load_target("host"), out, tuning_db=tuning_db)
+        print(f"  built {out.name} in {time.perf_counter() - t0:.1f} s (verified against onnxruntime)", file=sys.stderr)
+    finally:
+        os.environ.pop(NO_SCHEDULES_ENV, None)
+        if old is not None:
+            os.environ[NO_SCHEDULES_ENV] = old
+
+
+def _tune(onnx_path: Path, model: str, work: Path, db: Path, budget: str) -> dict:
+    """`autoglm tune` through the real CLI, once per model and budget (its summary is kept in the work dir)."""
+    done = work / f"{model}.tune-{budget}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    print(f"  tuning {model} for {budget} into {db}", file=sys.stderr)
+    proc = subprocess.run([str(Path(sys.executable).parent / "autoglm"), "tune", str(onnx_path), "--target", "host",
+                           "--budget", budget, "--db", str(db), "--json"], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+        raise SystemExit(f"autoglm tune failed for {model}")
+    summary = json.loads(proc.stdout)
+    done.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _build(model: str, work: Path, variants: list[str], budget: str, db: Path, rebuild: bool) -> dict:
     from toolkit.export import export_zoo_model
 
     onnx_path = work / f"{model}.onnx"
     if rebuild or not onnx_path.exists():
         export_zoo_model(model, onnx_path)
-    host = targets.load_target("host")
-    arts = {"onnx": onnx_path}
-    for variant, env in (("scheduled", None), ("unscheduled", "1")):
+    info: dict = {}
+    for variant in variants:
         out = work / f"{model}-{variant}"
-        if rebuild or not (out / "manifest.json").exists():
-            if out.exists():
-                import shutil
-
-                shutil.rmtree(out)
-            old = os.environ.pop(NO_SCHEDULES_ENV, None)
-            if env:
-                os.environ[NO_SCHEDULES_ENV] = env
-            try:
-                t0 = time.perf_counter()
-                compile_model(onnx_path, host, out)
-                print(f"  built {out.name} in {time.perf_counter() - t0:.1f} s (verified against onnxruntime)", file=sys.stderr)
-            finally:
-                os.environ.pop(NO_SCHEDULES_ENV, None)
-                if old is not None:
-                    os.environ[NO_SCHEDULES_ENV] = old
-        arts[variant] = out
-    return arts
+        if variant == "tuned":
+            info["tune"] = _tune(onnx_path, model, work, db, budget)
+            out = work / f"{model}-tuned-{budget}"
+            _compile(onnx_path, out, rebuild, tuning_db=db)
+        else:
+            _compile(onnx_path, out, rebuild, no_schedules=variant == "unscheduled")
+        manifest = json.loads((out / "manifest.json").read_text())
+        info.setdefault("artifacts", {})[variant] = str(out)
+        info["flops"] = sum((k["flops"] or 0) * k.get("launches", 1) for k in manifest["fusion"]["kernel_table"])
+        if variant == "tuned":
+            kinds = list(manifest["tuning"]["kernels"].values())
+            info["tuned_kernels"] = sum(k == "tuned" for k in kinds)
+            info["kernels"] = len(kinds)
+    return info
 
 
-def _worker(model: str, work: Path, threads: int, repeat: int) -> dict:
-    """Runs in a fresh process with TVM_NUM_THREADS set: interleaved timings of the three runtimes."""
+def _worker(model: str, work: Path, artifacts: dict[str, str], threads: int, repeat: int) -> dict:
+    """Runs in a fresh process with TVM_NUM_THREADS set: interleaved timings of all runtimes."""
     import onnxruntime as ort
     import tvm
     from tvm import relax
@@ -86,8 +126,8 @@ def _worker(model: str, work: Path, threads: int, repeat: int) -> dict:
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     dev = tvm.cpu()
     runners = {"onnxruntime": lambda: sess.run(None, inputs)}
-    for variant in ("scheduled", "unscheduled"):
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(work / f"{model}-{variant}" / "model.so")), dev)
+    for variant, path in artifacts.items():
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(Path(path) / "model.so")), dev)
         args = [tvm.runtime.tensor(inputs[s.name], dev) for s in spec.inputs]
         main = vm["main"]
         runners[variant] = (lambda m=main, a=args: m(*a))
@@ -107,32 +147,60 @@ def _worker(model: str, work: Path, threads: int, repeat: int) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()} | {"n": {k: len(v) for k, v in times.items()}}
 
 
+def _cpu() -> tuple[str, float | None]:
+    name, mhz = platform.processor() or platform.machine(), None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == (platform.processor() or platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("cpu MHz") and mhz is None:
+                mhz = float(line.split(":", 1)[1])
+    except OSError:
+        pass
+    return name, mhz
+
+
+def _peak_gflops_per_core(mhz: float | None) -> float | None:
+    import targets
+    from compile.schedules import cpu_config
+
+    lanes = cpu_config(targets.load_target("host")).lanes(32)
+    return None if mhz is None else mhz / 1e3 * lanes * 2 * FMA_PIPES
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    ap.add_argument("--models", nargs="+", default=MODELS[:4], choices=MODELS)
+    ap.add_argument("--variants", nargs="+", default=["default", "tuned"], choices=VARIANTS)
+    ap.add_argument("--tune-budget", default="10m", help="wall-clock tuning budget per model (autoglm tune --budget)")
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "autoglm-bench-schedules")
+    ap.add_argument("--db", type=Path, help="tuning database (default WORK/tuning-db)")
     ap.add_argument("--rebuild", action="store_true", help="re-export and rebuild even if artifacts exist")
-    ap.add_argument("--_worker", nargs=3, metavar=("MODEL", "THREADS", "REPEAT"), help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help="also write every measurement here")
+    ap.add_argument("--_worker", nargs=4, metavar=("MODEL", "ARTIFACTS", "THREADS", "REPEAT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._worker:
-        model, threads, repeat = args._worker
-        print(json.dumps(_worker(model, args.work, int(threads), int(repeat))))
+        model, artifacts, threads, repeat = args._worker
+        print(json.dumps(_worker(model, args.work, json.loads(artifacts), int(threads), int(repeat))))
         return 0
 
     import tvm
 
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = []
+    db = args.db or args.work / "tuning-db"
+    started = time.time()
+    rows, builds = [], {}
     for model in args.models:
         print(f"{model}: building", file=sys.stderr)
-        _build(model, args.work, args.rebuild)
+        builds[model] = info = _build(model, args.work, args.variants, args.tune_budget, db, args.rebuild)
         for threads in args.threads:
             env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-            proc = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--_worker", model, str(threads),
-                                   str(args.repeat)], capture_output=True, text=True, env=env)
+            proc = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--_worker", model,
+                                   json.dumps(info["artifacts"]), str(threads), str(args.repeat)],
+                                  capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(proc.stderr, file=sys.stderr)
                 raise SystemExit(f"benchmark worker failed for {model} ({threads} threads)")
@@ -140,23 +208,34 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((model, threads, res))
             print(f"  {threads} thread(s): {json.dumps(res)}", file=sys.stderr)
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    print(f"Host: {cpu}, {os.cpu_count()} cores; TVM {tvm.__version__}; medians of interleaved runs "
-          f"({args.repeat} rounds; unscheduled: first {SLOW_ROUNDS}).\n")
-    print("| model | threads | onnxruntime ms | TVM scheduled ms | TVM unscheduled ms | scheduled / onnxruntime | "
-          "speed-up from schedules |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    cpu, mhz = _cpu()
+    peak = _peak_gflops_per_core(mhz)
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu, "mhz": mhz, "peak_gflops_per_core": peak, "builds": builds,
+                                         "rows": [{"model": m, "threads": t, **r} for m, t, r in rows]}, indent=2) + "\n")
+    print(f"Host: {cpu}, {os.cpu_count()} cores at {mhz or '?'} MHz; TVM {tvm.__version__}; medians of "
+          f"interleaved runs ({args.repeat} rounds" + (f"; unscheduled: first {SLOW_ROUNDS}" if "unscheduled" in args.variants else "")
+          + f"); tuning budget {args.tune_budget} per model; {(time.time() - started) / 60:.0f} min in all.\n")
+    head = ["model", "threads", "GFLOP", "onnxruntime ms", *[f"TVM {v} ms" for v in args.variants],
+            *[f"{v} / onnxruntime" for v in args.variants if v != "unscheduled"],
+            *[f"% peak {v}" for v in ("onnxruntime", *args.variants) if v != "unscheduled"]]
+    if "tuned" in args.variants:
+        head.append("kernels tuned")
+    print("| " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * (len(head) - 1))
     for model, threads, res in rows:
-        ort_ms, s_ms, u_ms = res["onnxruntime"], res["scheduled"], res["unscheduled"]
-        print(f"| {LABELS[model]} | {threads} | {ort_ms:.2f} | {s_ms:.2f} | {u_ms:.1f} | {s_ms / ort_ms:.2f}x | "
-              f"{u_ms / s_ms:.1f}x |")
+        info = builds[model]
+        gflop = info["flops"] / 1e9
+        cells = [LABELS[model], str(threads), f"{gflop:.2f}", f"{res['onnxruntime']:.2f}"]
+        cells += [f"{res[v]:.2f}" for v in args.variants]
+        cells += [f"{res[v] / res['onnxruntime']:.2f}x" for v in args.variants if v != "unscheduled"]
+        for v in ("onnxruntime", *args.variants):
+            if v == "unscheduled":
+                continue
+            cells.append("-" if peak is None else f"{100 * gflop / (res[v] / 1e3) / (peak * threads):.0f}%")
+        if "tuned" in args.variants:
+            cells.append(f"{info['tuned_kernels']}/{info['kernels']}")
+        print("| " + " | ".join(cells) + " |")
     return 0
 
 

@@ -30,12 +30,12 @@ ARM_TARGETS = {
 
 
 class ConvAct(nn.Module):
-    """conv2d + bias + ReLU6 (the clip epilogue)."""
+    """conv2d + bias + ReLU6 (the clip epilogue), hard-swish (act="hswish") or nothing."""
 
     def __init__(self, cin, cout, k, stride=1, groups=1, pad=None, act=True):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, stride, k // 2 if pad is None else pad, groups=groups)
-        self.act = nn.ReLU6() if act else nn.Identity()
+        self.act = nn.Hardswish() if act == "hswish" else nn.ReLU6() if act else nn.Identity()
 
     def forward(self, x):
         return self.act(self.conv(x))
@@ -82,6 +82,9 @@ OPS = {
     "depthwise3x3-stride2": (lambda: ConvAct(24, 24, 3, stride=2, groups=24), (1, 24, 15, 15), {"conv2d-depthwise"}),
     # even padded width: the padding stage is stored de-interleaved (even/odd columns)
     "depthwise3x3-stride2-even": (lambda: ConvAct(16, 16, 3, stride=2, groups=16), (1, 16, 20, 20), {"conv2d-depthwise"}),
+    # the search space's wider windows, with its hard-swish epilogue
+    "depthwise5x5-hswish": (lambda: ConvAct(24, 24, 5, groups=24, act="hswish"), (1, 24, 14, 14), {"conv2d-depthwise"}),
+    "depthwise7x7-stride2": (lambda: ConvAct(32, 32, 7, stride=2, groups=32), (1, 32, 17, 17), {"conv2d-depthwise"}),
     "pointwise-residual": (lambda: PointwiseResidual(32), (1, 32, 7, 7), {"conv2d"}),
     "linear": (lambda: Linear(40, 10), (3, 40), {"matmul"}),
     "batch-matmul": (lambda: BatchMatmul(), (2, 16, 12), {"matmul", "reduction"}),
@@ -205,7 +208,8 @@ def test_schedules_compile_for_arm(arch, op_models, convnet_onnx, tmp_path):
     if shutil.which(compiler) is None:
         pytest.skip(f"{compiler} not found: apt-get install {package}")
     target = targets.load_target(target_name)
-    for name in ("conv3x3-stride2-odd", "depthwise3x3-stride2-even", "pointwise-residual", "batch-matmul", "pools"):
+    for name in ("conv3x3-stride2-odd", "depthwise3x3-stride2-even", "depthwise7x7-stride2", "pointwise-residual",
+                 "batch-matmul", "pools"):
         names = _schedule_only(op_models[name], target)
         assert any(v and v.endswith(isa) for v in names.values()), names
         assert not [k for k, v in names.items() if v is None and _is_compute_kernel(k)], names
@@ -231,7 +235,7 @@ def test_scheduled_aarch64_model_runs_under_qemu(op_models, convnet_onnx, tmp_pa
         pytest.skip(f"the aarch64 C++ runtime could not be built here: {exc}")
     target = targets.load_target("rpi4")
     rng = np.random.default_rng(5)
-    for model in (convnet_onnx, op_models["batch-matmul"]):
+    for model in (convnet_onnx, op_models["batch-matmul"], op_models["depthwise5x5-hswish"]):
         art = compile_model(model, target, tmp_path / model.stem, verify=False).artifact
         sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         inp = sess.get_inputs()[0]

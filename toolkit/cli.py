@@ -217,14 +217,17 @@ def inspect_cmd(
 
 @app.command("export")
 def export_cmd(
-    name: Annotated[str, typer.Argument(help="Built-in model: convnet, transformer, mobilenetv2, resnet18, bert-mini.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write.")],
+    name: Annotated[Optional[str], typer.Argument(help="Built-in model: convnet, transformer, mobilenetv2, resnet18, bert-mini, searchnet.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write.")] = ...,
+    arch: Annotated[Optional[Path], typer.Option("--arch", help="Instead of a built-in model: an architecture JSON of the mbconv-v1 search space.")] = None,
     seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
 ) -> None:
-    """Export a built-in model to ONNX (checked against onnxruntime)."""
-    from toolkit.export import export_zoo_model
+    """Export a built-in model, or a member of the search space, to ONNX (checked against onnxruntime)."""
+    from toolkit.export import export_architecture, export_zoo_model
 
-    path = export_zoo_model(name, output, seed)
+    if (name is None) == (arch is None):
+        raise UsageError("give either a built-in model name or --arch FILE (an architecture JSON), not both")
+    path = export_zoo_model(name, output, seed) if arch is None else export_architecture(arch, output, seed)
     console.print(f"wrote {path} ({_fmt_bytes(path.stat().st_size)}), checked against onnxruntime")
 
 

@@ -12,7 +12,7 @@ import torch
 
 from compile import UsageError, VerificationError
 
-from . import models
+from . import models, search_space
 
 
 def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: str | Path, *, input_name: str = "x",
@@ -48,3 +48,10 @@ def export_zoo_model(name: str, path: str | Path, seed: int = 0) -> Path:
         raise UsageError(f"unknown built-in model {name!r}; choose one of: {', '.join(models.ZOO)}")
     module, example = models.build(name, seed)
     return export_onnx(module, example, path, input_name=models.ZOO[name].input_name)
+
+
+def export_architecture(arch_file: str | Path, path: str | Path, seed: int = 0) -> Path:
+    """Export a member of the search space, described by an architecture JSON file, to ONNX (input `x`)."""
+    arch = search_space.load_architecture(arch_file)
+    module = models.with_weights(lambda: search_space.SearchNet(arch), seed)
+    return export_onnx(module, models.example_input(search_space.input_shape(arch)), path)

@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import search_space
+
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU6):
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
@@ -157,14 +159,21 @@ ZOO: dict[str, ZooEntry] = {
     "resnet18": ZooEntry(ResNet18, "x", (1, 3, 224, 224), torch.float32, "ResNet18-style, 224x224"),
     "bert-mini": ZooEntry(lambda: Encoder(vocab=30522, seq=128, d=256, heads=4, layers=4), "ids", (1, 128), torch.int64,
                           "BERT-mini: 4 layers, hidden 256, seq 128"),
+    "searchnet": ZooEntry(lambda: search_space.SearchNet(search_space.SAMPLE), "x", search_space.input_shape(search_space.SAMPLE),
+                          torch.float32, "a fixed member of the mbconv-v1 search space: 3/5/7 depthwise, hard-swish, 224x224"),
 }
 
 
 def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """The zoo model `name` in eval mode with deterministic weights, and an example input."""
     entry = ZOO[name]
+    return with_weights(entry.build, seed), example_input(entry.input_shape, entry.input_dtype)
+
+
+def with_weights(make: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """`make()` in eval mode with seeded weights and non-trivial BatchNorm statistics."""
     torch.manual_seed(seed)
-    model = entry.build().eval()
+    model = make().eval()
     # Non-trivial BatchNorm statistics so folding them is actually exercised.
     with torch.no_grad():
         for m in model.modules():
@@ -173,8 +182,11 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
-    if entry.input_dtype.is_floating_point:
-        example = torch.randn(entry.input_shape)
-    else:
-        example = torch.randint(0, 4, entry.input_shape, dtype=entry.input_dtype)
-    return model, example
+    return model
+
+
+def example_input(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A random example input (token ids in [0, 4) for integer inputs)."""
+    if dtype.is_floating_point:
+        return torch.randn(shape)
+    return torch.randint(0, 4, shape, dtype=dtype)
