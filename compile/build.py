@@ -113,6 +113,15 @@ def _lowered_stats(mod) -> tuple[int, int, list[str], int, int]:
     return len(kernels), launches, kernels, storage, weights
 
 
+def cpu_front_passes(tt) -> list:
+    """Library dispatch, fast erf/tanh and legalization: the CPU pipeline up to fusion (tuning extracts its tasks here)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    from .fast_math import fast_erf_tanh
+
+    return cpu_generic.library_dispatch_passes(tt) + [fast_erf_tanh()] + cpu_generic.legalize_passes(tt)
+
+
 def relax_pipeline(target: Target, tuning_passes: list | None = None):
     """The Relax pipeline for the target, operator fusion on (CPU targets don't fuse by default).
 
@@ -129,8 +138,7 @@ def relax_pipeline(target: Target, tuning_passes: list | None = None):
     if target.device == "cuda":
         return relax.get_default_pipeline(tt)
     return tvm.transform.Sequential(
-        cpu_generic.library_dispatch_passes(tt)
-        + cpu_generic.legalize_passes(tt)
+        cpu_front_passes(tt)
         + list(tuning_passes or [])  # tuned records first; the default rules schedule the rest
         + schedule_passes(target)
         + cpu_generic.dataflow_lower_passes(tt)

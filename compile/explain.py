@@ -22,6 +22,8 @@ def _ops_of(name: str) -> list[str]:
     known = sorted(set(_MAIN_OPS) | set(_EPILOGUE), key=len, reverse=True)
     while rest:
         rest = rest.lstrip("_0123456789")
+        if rest.startswith("fast_"):  # fast_erf, fast_softmax (compile/fast_math.py) are erf, softmax
+            rest = rest[len("fast_"):]
         for op in known:
             if rest.startswith(op):
                 ops.append(op)

@@ -206,11 +206,12 @@ def _light_tensor_intrin(target: Target) -> None:
 def fused_module(mod, target: Target):
     """The model as `compile` has it right before scheduling: dispatched, legalized, folded, fused."""
     import tvm
-    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    from .build import cpu_front_passes
 
     tt = tvm.target.Target(target.tvm)
     with tt:
-        return tvm.transform.Sequential(cpu_generic.library_dispatch_passes(tt) + cpu_generic.legalize_passes(tt))(mod)
+        return tvm.transform.Sequential(cpu_front_passes(tt))(mod)
 
 
 def _default_schedule(task_mod, target: Target):

@@ -40,22 +40,6 @@ class ConvNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
-        super().__init__()
-        hidden = cin * expand
-        layers: list[nn.Module] = []
-        if expand != 1:
-            layers.append(_conv_bn(cin, hidden, 1))
-        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden), _conv_bn(hidden, cout, 1, act=None)]
-        self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.block(x)
-        return x + y if self.residual else y
-
-
 class MobileNetV2(nn.Module):
     """MobileNetV2 (width 1.0) architecture."""
 
@@ -68,7 +52,7 @@ class MobileNetV2(nn.Module):
         for t, ch, n, s in self.CFG:
             out = int(ch * width)
             for i in range(n):
-                layers.append(InvertedResidual(c, out, s if i == 0 else 1, t))
+                layers.append(search_space.MBConv(c, out, 3, s if i == 0 else 1, t, "relu6"))
                 c = out
         last = int(1280 * max(1.0, width))
         layers.append(_conv_bn(c, last, 1))
