@@ -39,6 +39,7 @@ LABELS = {"mobilenetv2": "MobileNetV2-224", "resnet18": "ResNet18-224", "bert-mi
           "searchnet": "search-space net (mbconv-v1 sample, 224)", "convnet": "ConvNet (32x32)"}
 VARIANTS = ["default", "tuned", "unscheduled"]
 SLOW_ROUNDS = 5  # unscheduled builds are 10-40x slower: time them in the first rounds only
+MAC_KERNELS = ("conv2d", "conv1d", "conv2d_transpose", "matmul", "dense", "batch_matmul")
 # Peak FLOP/s assumes two FMA pipes per core, each one vector wide (AVX2: 2 x 8 lanes x 2 = 32 FLOP/cycle).
 FMA_PIPES = 2
 
@@ -98,7 +99,9 @@ def _build(model: str, work: Path, variants: list[str], budget: str, db: Path, r
             _compile(onnx_path, out, rebuild, no_schedules=variant == "unscheduled")
         manifest = json.loads((out / "manifest.json").read_text())
         info.setdefault("artifacts", {})[variant] = str(out)
-        info["flops"] = sum((k["flops"] or 0) * k.get("launches", 1) for k in manifest["fusion"]["kernel_table"])
+        # multiply-add work only (conv/matmul kernels): elementwise FLOP estimates (a polynomial erf) would inflate it
+        info["flops"] = sum((k["flops"] or 0) * k.get("launches", 1) for k in manifest["fusion"]["kernel_table"]
+                            if k["pattern"].split("+")[0] in MAC_KERNELS)
         if variant == "tuned":
             kinds = list(manifest["tuning"]["kernels"].values())
             info["tuned_kernels"] = sum(k == "tuned" for k in kinds)
@@ -147,6 +150,30 @@ def _worker(model: str, work: Path, artifacts: dict[str, str], threads: int, rep
     return {k: float(np.median(v)) for k, v in times.items()} | {"n": {k: len(v) for k, v in times.items()}}
 
 
+def _harness(model: str, artifacts: dict[str, str], threads: list[int], repeat: int) -> dict:
+    """Each artifact in the C++ runner against onnxruntime, each runtime in its own process, interleaved blocks.
+
+    In one process TVM's pool workers spin after every parallel region while onnxruntime runs, taking
+    the second core from it, so the in-process 2-thread onnxruntime numbers are too slow; these are not.
+    """
+    from toolkit.bench import BenchConfig, run_bench, to_document
+
+    out: dict = {}
+    for variant, path in artifacts.items():
+        if variant == "unscheduled":
+            continue
+        cfg = BenchConfig(artifact=Path(path), baseline="auto", threads=threads, warmup=5, repeat=repeat,
+                          command=f"benchmarks/bench_schedules.py --harness ({model} {variant})")
+        doc = to_document(run_bench(cfg, progress=lambda m: None))
+        for r in doc["results"]:
+            key = "onnxruntime" if r["role"] == "baseline" else variant
+            out.setdefault(str(r["threads"]), {}).setdefault(key, []).append(r["latency_ms"]["p50"])
+        if not all(c["passed"] for c in doc["correctness"]["comparisons"]):
+            raise SystemExit(f"{model} {variant}: outputs differ from onnxruntime in the harness")
+    # onnxruntime ran once per variant: its median over those runs
+    return {t: {k: float(np.median(v)) for k, v in row.items()} for t, row in out.items()}
+
+
 def _cpu() -> tuple[str, float | None]:
     name, mhz = platform.processor() or platform.machine(), None
     try:
@@ -179,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", type=Path, help="tuning database (default WORK/tuning-db)")
     ap.add_argument("--rebuild", action="store_true", help="re-export and rebuild even if artifacts exist")
     ap.add_argument("--json", type=Path, help="also write every measurement here")
+    ap.add_argument("--harness", action="store_true",
+                    help="also time each artifact in the C++ runner against onnxruntime in separate processes")
     ap.add_argument("--_worker", nargs=4, metavar=("MODEL", "ARTIFACTS", "THREADS", "REPEAT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -207,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append((model, threads, res))
             print(f"  {threads} thread(s): {json.dumps(res)}", file=sys.stderr)
+        if args.harness:
+            info["harness"] = _harness(model, info["artifacts"], args.threads, args.repeat)
+            print(f"  harness: {json.dumps(info['harness'])}", file=sys.stderr)
 
     cpu, mhz = _cpu()
     peak = _peak_gflops_per_core(mhz)
@@ -216,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Host: {cpu}, {os.cpu_count()} cores at {mhz or '?'} MHz; TVM {tvm.__version__}; medians of "
           f"interleaved runs ({args.repeat} rounds" + (f"; unscheduled: first {SLOW_ROUNDS}" if "unscheduled" in args.variants else "")
           + f"); tuning budget {args.tune_budget} per model; {(time.time() - started) / 60:.0f} min in all.\n")
-    head = ["model", "threads", "GFLOP", "onnxruntime ms", *[f"TVM {v} ms" for v in args.variants],
+    head = ["model", "threads", "conv/matmul GFLOP", "onnxruntime ms", *[f"TVM {v} ms" for v in args.variants],
             *[f"{v} / onnxruntime" for v in args.variants if v != "unscheduled"],
             *[f"% peak {v}" for v in ("onnxruntime", *args.variants) if v != "unscheduled"]]
     if "tuned" in args.variants:
@@ -236,6 +268,17 @@ def main(argv: list[str] | None = None) -> int:
         if "tuned" in args.variants:
             cells.append(f"{info['tuned_kernels']}/{info['kernels']}")
         print("| " + " | ".join(cells) + " |")
+    if args.harness:
+        variants = [v for v in args.variants if v != "unscheduled"]
+        print("\nSeparate processes (the benchmark harness: C++ runner vs onnxruntime, interleaved blocks, p50):\n")
+        print("| model | threads | onnxruntime ms | " + " | ".join(f"{v} ms" for v in variants) + " | "
+              + " | ".join(f"{v} / onnxruntime" for v in variants) + " |")
+        print("|---|" + "---:|" * (2 + 2 * len(variants)))
+        for model, info in builds.items():
+            for threads, res in info["harness"].items():
+                print(f"| {LABELS[model]} | {threads} | {res['onnxruntime']:.2f} | "
+                      + " | ".join(f"{res[v]:.2f}" for v in variants) + " | "
+                      + " | ".join(f"{res[v] / res['onnxruntime']:.2f}x" for v in variants) + " |")
     return 0
 
 
