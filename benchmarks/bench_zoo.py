@@ -26,9 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-MODELS = ["convnet", "mobilenetv2", "resnet18", "bert-mini", "small-cnn-tflite"]
+MODELS = ["convnet", "mobilenetv2", "resnet18", "bert-mini", "searchnet", "small-cnn-tflite"]
 LABELS = {"convnet": "ConvNet 32x32", "mobilenetv2": "MobileNetV2-224", "resnet18": "ResNet18-224",
-          "bert-mini": "BERT-mini (4 layers, 256, seq 128)", "small-cnn-tflite": "small CNN (TFLite fixture)"}
+          "bert-mini": "BERT-mini (4 layers, 256, seq 128)",
+          "searchnet": "search-space net (mbconv-v1 sample)", "small-cnn-tflite": "small CNN (TFLite fixture)"}
 TFLITE_FIXTURE = ROOT / "tests" / "fixtures" / "small_cnn.tflite"
 
 
@@ -37,7 +38,7 @@ def log(msg: str) -> None:
 
 
 def build(model: str, work: Path) -> tuple[Path, Path]:
-    """(artifact, source model file), reusing both when they exist."""
+    """(artifact, source model file), reusing both when they exist (delete --work after changing compile/)."""
     import targets
     from compile import compile_model
     from toolkit.export import export_zoo_model
