@@ -143,15 +143,19 @@ class TuneSummary:
     def tasks_reused(self) -> int:
         return sum(1 for t in self.tasks if t.status == "reused")
 
+    @property
+    def unmeasured(self) -> list[str]:
+        """Kernels whose default schedule could not be timed (e.g. a gather that random indices send out of bounds)."""
+        return [t.name for t in self.tasks if t.default_ms is None]
+
     def estimate_ms(self, which: str) -> float | None:
-        """Sum over kernels of calls x latency: `default` schedules only, or `best` (tuned where faster)."""
-        total = 0.0
-        for t in self.tasks:
-            v = t.default_ms if which == "default" else t.effective_ms
-            if v is None:
-                return None
-            total += t.calls * v
-        return total
+        """Sum over the measured kernels of calls x latency: `default` schedules only, or `best` (tuned where faster).
+
+        Kernels in `unmeasured` are left out of both sums, so the two stay comparable."""
+        measured = [t for t in self.tasks if t.default_ms is not None]
+        if not measured:
+            return None
+        return sum(t.calls * (t.default_ms if which == "default" else t.effective_ms) for t in measured)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,7 +164,8 @@ class TuneSummary:
             "tasks_reused": self.tasks_reused, "trials_measured": self.trials_measured,
             "default_measurements": self.default_measurements, "records_in_db": self.records_in_db,
             "repaired_lines": self.repaired_lines, "elapsed_s": round(self.elapsed_s, 2),
-            "estimated_kernel_ms": {"default": self.estimate_ms("default"), "best": self.estimate_ms("best")},
+            "estimated_kernel_ms": {"default": self.estimate_ms("default"), "best": self.estimate_ms("best"),
+                                    "unmeasured_kernels": self.unmeasured},
             "tasks": [asdict(t) for t in self.tasks],
         }
 

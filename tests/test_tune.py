@@ -314,3 +314,19 @@ def test_compile_refuses_db_of_another_target(tuned, mlp, tmp_path):
     out = tmp_path / "art"
     assert_user_error(run_cli("compile", mlp, "--tuning-db", db, "-o", out), 2, "rpi4")
     assert not out.exists()
+
+
+def test_estimate_leaves_out_kernels_it_could_not_measure():
+    """A kernel the runner could not time (an embedding gather fed random indices) is left out of both sums."""
+    from compile.tune import TaskReport, TuneSummary
+
+    s = TuneSummary("m", "host", "db", "local", "60 s")
+    s.tasks = [TaskReport("matmul", "w1", 2, "tuned", "matmul-x86-avx2", 1.0, 0.5),
+               TaskReport("conv", "w2", 1, "tuned", "conv2d-x86-avx2", 0.3, 0.4),
+               TaskReport("take", "w3", 1, "tuned", "elementwise-x86-avx2", None, None)]
+    assert s.unmeasured == ["take"]
+    assert s.estimate_ms("default") == pytest.approx(2 * 1.0 + 0.3)
+    assert s.estimate_ms("best") == pytest.approx(2 * 0.5 + 0.3)  # a slower tuned record is not used
+    assert s.to_json()["estimated_kernel_ms"]["unmeasured_kernels"] == ["take"]
+    s.tasks = s.tasks[2:]
+    assert s.estimate_ms("default") is None

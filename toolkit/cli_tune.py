@@ -117,7 +117,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"  trials:  {summary.trials_measured} measured ({summary.budget}), {summary.default_measurements} default schedules measured, "
                       f"{summary.records_in_db} records in the database")
         if est_default is not None and est_best is not None:
-            console.print(f"  kernels: {_fmt_ms(est_default)} with default schedules -> {_fmt_ms(est_best)} with the best records (sum over kernel calls)")
+            left_out = f"; {len(summary.unmeasured)} not measurable with random inputs, left out: {', '.join(summary.unmeasured)}" if summary.unmeasured else ""
+            console.print(f"  kernels: {_fmt_ms(est_default)} with default schedules -> {_fmt_ms(est_best)} with the best records "
+                          f"(sum over kernel calls{left_out})")
         for t in summary.tasks:
             console.print(f"    {t.name}: {t.status}, {t.trials} trials, best {_fmt_ms(t.best_ms)}, default {_fmt_ms(t.default_ms)}"
                           f" ({t.default_rule or 'unscheduled'})")
