@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -68,6 +67,8 @@ def _compile(onnx_path: Path, out: Path, rebuild: bool, *, no_schedules: bool = 
 
 def _tune(onnx_path: Path, model: str, work: Path, db: Path, budget: str) -> dict:
     """`autoglm tune` through the real CLI, once per model and budget (its summary is kept in the work dir)."""
+    from compile.fileio import write_atomic
+
     done = work / f"{model}.tune-{budget}.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -78,7 +79,7 @@ def _tune(onnx_path: Path, model: str, work: Path, db: Path, budget: str) -> dic
         print(proc.stderr, file=sys.stderr)
         raise SystemExit(f"autoglm tune failed for {model}")
     summary = json.loads(proc.stdout)
-    done.write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(done, json.dumps(summary, indent=2) + "\n")  # a killed run must not leave a cache that breaks the next
     return summary
 
 
@@ -90,12 +91,12 @@ def _build(model: str, work: Path, variants: list[str], budget: str, db: Path, r
         export_zoo_model(model, onnx_path)
     info: dict = {}
     for variant in variants:
-        out = work / f"{model}-{variant}"
         if variant == "tuned":
             info["tune"] = _tune(onnx_path, model, work, db, budget)
             out = work / f"{model}-tuned-{budget}"
             _compile(onnx_path, out, rebuild, tuning_db=db)
         else:
+            out = work / f"{model}-{variant}"
             _compile(onnx_path, out, rebuild, no_schedules=variant == "unscheduled")
         manifest = json.loads((out / "manifest.json").read_text())
         info.setdefault("artifacts", {})[variant] = str(out)
@@ -103,9 +104,8 @@ def _build(model: str, work: Path, variants: list[str], budget: str, db: Path, r
         info["flops"] = sum((k["flops"] or 0) * k.get("launches", 1) for k in manifest["fusion"]["kernel_table"]
                             if k["pattern"].split("+")[0] in MAC_KERNELS)
         if variant == "tuned":
-            kinds = list(manifest["tuning"]["kernels"].values())
-            info["tuned_kernels"] = sum(k == "tuned" for k in kinds)
-            info["kernels"] = len(kinds)
+            info["tuned_kernels"] = manifest["tuning"]["records_applied"]
+            info["kernels"] = len(manifest["tuning"]["kernels"])
     return info
 
 
@@ -174,17 +174,15 @@ def _harness(model: str, artifacts: dict[str, str], threads: list[int], repeat: 
     return {t: {k: float(np.median(v)) for k, v in row.items()} for t, row in out.items()}
 
 
-def _cpu() -> tuple[str, float | None]:
-    name, mhz = platform.processor() or platform.machine(), None
+def _cpu_mhz() -> float | None:
+    """The clock /proc/cpuinfo reports (nominal in a VM; the core may boost above it)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == (platform.processor() or platform.machine()):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("cpu MHz") and mhz is None:
-                mhz = float(line.split(":", 1)[1])
+            if line.startswith("cpu MHz"):
+                return float(line.split(":", 1)[1])
     except OSError:
         pass
-    return name, mhz
+    return None
 
 
 def _peak_gflops_per_core(mhz: float | None) -> float | None:
@@ -240,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             info["harness"] = _harness(model, info["artifacts"], args.threads, args.repeat)
             print(f"  harness: {json.dumps(info['harness'])}", file=sys.stderr)
 
-    cpu, mhz = _cpu()
+    from toolkit.bench.sysinfo import cpu_model
+
+    cpu, mhz = cpu_model(), _cpu_mhz()
     peak = _peak_gflops_per_core(mhz)
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu, "mhz": mhz, "peak_gflops_per_core": peak, "builds": builds,

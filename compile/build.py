@@ -114,12 +114,12 @@ def _lowered_stats(mod) -> tuple[int, int, list[str], int, int]:
 
 
 def cpu_front_passes(tt) -> list:
-    """Library dispatch, fast erf/tanh and legalization: the CPU pipeline up to fusion (tuning extracts its tasks here)."""
+    """Library dispatch, fast math and legalization: the CPU pipeline up to fusion (tuning extracts its tasks here)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    from .fast_math import fast_erf_tanh
+    from .fast_math import fast_math_pass
 
-    return cpu_generic.library_dispatch_passes(tt) + [fast_erf_tanh()] + cpu_generic.legalize_passes(tt)
+    return cpu_generic.library_dispatch_passes(tt) + [fast_math_pass()] + cpu_generic.legalize_passes(tt)
 
 
 def relax_pipeline(target: Target, tuning_passes: list | None = None):

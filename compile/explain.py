@@ -68,6 +68,8 @@ def kernel_table(lowered) -> list[dict[str, Any]]:
     from tvm import IRModule, relax, tirx
     from tvm.s_tir.analysis import estimate_tir_flops
 
+    from .tuning_db import kernel_schedule
+
     launches: Counter[str] = Counter()
 
     def visit(expr):
@@ -88,11 +90,7 @@ def kernel_table(lowered) -> list[dict[str, Any]]:
         for buf in func.params:  # in TVM 0.27 PrimFunc parameters are the buffers themselves
             if hasattr(buf, "shape") and all(hasattr(d, "value") for d in buf.shape):
                 nbytes += int(np.prod([int(d.value) for d in buf.shape])) * np.dtype(str(buf.dtype)).itemsize
-        attrs = func.attrs or {}
-        if "autoglm.tuned" in attrs:  # compile.tuning_db.TUNED_ATTR: a MetaSchedule record won
-            schedule = "tuned"
-        else:
-            schedule = str(attrs["autoglm.schedule"]) if "autoglm.schedule" in attrs else "none"
+        schedule = kernel_schedule(func).removeprefix("default:")  # the rule's name, "tuned" or "none"
         rows.append({"name": name, "pattern": pattern_of(name), "flops": flops, "bytes": nbytes,
                      "schedule": schedule, "launches": launches.get(name, 0), "time_us": None})
     rows.sort(key=lambda r: -(r["flops"] or 0))

@@ -31,6 +31,7 @@ from targets import Target
 
 from .errors import AutoglmError, UsageError
 from .fileio import write_atomic
+from .schedules import ATTR as SCHEDULE_ATTR  # set by compile.schedules on kernels a default rule scheduled
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -39,7 +40,6 @@ TASKS = "autoglm-tasks.jsonl"
 LOCK = ".lock"
 FORMAT = 1
 TUNED_ATTR = "autoglm.tuned"
-SCHEDULE_ATTR = "autoglm.schedule"  # set by compile.schedules on kernels a default rule scheduled
 
 
 class TuningError(AutoglmError):
@@ -141,6 +141,12 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
     write_atomic(path, b"".join(line + b"\n" for line in lines))
 
 
+def _valid_records(records: list[tuple[Any, bytes]], n_workloads: int) -> list[tuple[Any, bytes]]:
+    """The record lines that point at an existing workload (`[workload index, record]`)."""
+    return [(r, line) for r, line in records
+            if isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and 0 <= r[0] < n_workloads]
+
+
 @dataclass
 class RepairReport:
     workloads: int
@@ -153,8 +159,7 @@ def repair(db_dir: Path) -> RepairReport:
     workloads, w_damaged = _read_raw(db_dir / WORKLOADS)
     records, r_damaged = _read_raw(db_dir / RECORDS)
     n_work = len(workloads)
-    valid = [(r, line) for r, line in records
-             if isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and 0 <= r[0] < n_work]
+    valid = _valid_records(records, n_work)
     dropped = len(records) - len(valid) + int(w_damaged) + int(r_damaged)
     if w_damaged:
         _rewrite(db_dir / WORKLOADS, [line for _, line in workloads])
@@ -275,8 +280,7 @@ def load_readonly(db_dir: Path):
     records, _ = _read_raw(db_dir / RECORDS)
     with tempfile.TemporaryDirectory(prefix="autoglm-db-") as tmp:
         _rewrite(Path(tmp, WORKLOADS), [line for _, line in workloads])
-        _rewrite(Path(tmp, RECORDS), [line for r, line in records if isinstance(r, list) and len(r) == 2
-                                      and isinstance(r[0], int) and 0 <= r[0] < len(workloads)])
+        _rewrite(Path(tmp, RECORDS), [line for _, line in _valid_records(records, len(workloads))])
         # JSONDatabase reads everything at construction and writes only on commit (none happen here)
         return ms.database.JSONDatabase(work_dir=tmp, allow_missing=False, module_equality="structural")
 
@@ -331,6 +335,16 @@ def ApplyTuningRecords(db_dir: Path, target: Target, result: ApplyResult):  # no
     return _pass
 
 
+def kernel_schedule(func) -> str:
+    """"tuned", "default:<rule>" or "none": what scheduled one PrimFunc."""
+    attrs = func.attrs
+    if attrs is not None and TUNED_ATTR in attrs:
+        return "tuned"
+    if attrs is not None and SCHEDULE_ATTR in attrs:
+        return f"default:{attrs[SCHEDULE_ATTR]}"
+    return "none"
+
+
 def kernel_schedules(mod) -> dict[str, str]:
     """Kernel name -> "tuned", "default:<rule>" or "none": what scheduled each PrimFunc."""
     from tvm import tirx
@@ -339,13 +353,7 @@ def kernel_schedules(mod) -> dict[str, str]:
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        attrs = func.attrs
-        if attrs is not None and TUNED_ATTR in attrs:
-            out[gv.name_hint] = "tuned"
-        elif attrs is not None and SCHEDULE_ATTR in attrs:
-            out[gv.name_hint] = f"default:{attrs[SCHEDULE_ATTR]}"
-        else:
-            out[gv.name_hint] = "none"
+        out[gv.name_hint] = kernel_schedule(func)
     return dict(sorted(out.items()))
 
 

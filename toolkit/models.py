@@ -13,13 +13,7 @@ import torch
 from torch import nn
 
 from . import search_space
-
-
-def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU6):
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-    if act is not None:
-        layers.append(act())
-    return nn.Sequential(*layers)
+from .blocks import MBConv, conv_bn
 
 
 class ConvNet(nn.Module):
@@ -27,10 +21,10 @@ class ConvNet(nn.Module):
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.stem = _conv_bn(3, 16, 3, 2)
-        self.dw = _conv_bn(16, 16, 3, 1, groups=16)
-        self.pw = _conv_bn(16, 16, 1, act=None)
-        self.expand = _conv_bn(16, 32, 1, 2)
+        self.stem = conv_bn(3, 16, 3, 2)
+        self.dw = conv_bn(16, 16, 3, 1, groups=16)
+        self.pw = conv_bn(16, 16, 1, act=None)
+        self.expand = conv_bn(16, 32, 1, 2)
         self.head = nn.Linear(32, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,14 +42,14 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 1000, width: float = 1.0):
         super().__init__()
         c = int(32 * width)
-        layers: list[nn.Module] = [_conv_bn(3, c, 3, 2)]
+        layers: list[nn.Module] = [conv_bn(3, c, 3, 2)]
         for t, ch, n, s in self.CFG:
             out = int(ch * width)
             for i in range(n):
-                layers.append(search_space.MBConv(c, out, 3, s if i == 0 else 1, t, "relu6"))
+                layers.append(MBConv(c, out, 3, s if i == 0 else 1, t))
                 c = out
         last = int(1280 * max(1.0, width))
-        layers.append(_conv_bn(c, last, 1))
+        layers.append(conv_bn(c, last, 1))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(last, num_classes)
 
@@ -66,9 +60,9 @@ class MobileNetV2(nn.Module):
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.a = _conv_bn(cin, cout, 3, stride, act=nn.ReLU)
-        self.b = _conv_bn(cout, cout, 3, 1, act=None)
-        self.down = _conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+        self.a = conv_bn(cin, cout, 3, stride, act=nn.ReLU)
+        self.b = conv_bn(cout, cout, 3, 1, act=None)
+        self.down = conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.b(self.a(x)) + self.down(x))
@@ -79,7 +73,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
-        self.stem = nn.Sequential(_conv_bn(3, 64, 7, 2, act=nn.ReLU), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(conv_bn(3, 64, 7, 2, act=nn.ReLU), nn.MaxPool2d(3, 2, 1))
         blocks, c = [], 64
         for out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             blocks += [BasicBlock(c, out, stride), BasicBlock(out, out, 1)]

@@ -25,13 +25,17 @@ from torch import nn
 
 from compile import UsageError
 
+from .blocks import MBConv, conv_bn
+
 SPACE_NAME = "mbconv-v1"
 RESOLUTIONS = (160, 192, 224)
 WIDTHS = (0.75, 1.0, 1.25)
 KERNELS = (3, 5, 7)
 EXPANDS = (3, 4, 6)
 DEPTHS = (2, 3, 4)
-ACTS = ("relu6", "hswish")
+# activation name in the architecture JSON -> torch module
+ACT_MODULES: dict[str, type[nn.Module]] = {"relu6": nn.ReLU6, "hswish": nn.Hardswish}
+ACTS = tuple(ACT_MODULES)
 # (output channels, stride of the first block) of the five searchable stages, at width 1.0.
 STAGES = ((24, 2), (40, 2), (80, 2), (112, 1), (192, 2))
 STEM, FIRST, HEAD = 32, 16, 1280
@@ -118,33 +122,6 @@ def _channels(c: int, width: float) -> int:
     return r + 8 if r < 0.9 * scaled else r
 
 
-def _act(name: str) -> nn.Module:
-    return nn.ReLU6() if name == "relu6" else nn.Hardswish()
-
-
-def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int, act: str | None) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-    if act is not None:
-        layers.append(_act(act))
-    return nn.Sequential(*layers)
-
-
-class MBConv(nn.Module):
-    """Inverted residual block: 1x1 expand, kxk depthwise, 1x1 project, residual when shapes allow."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int, act: str):
-        super().__init__()
-        hidden = cin * expand
-        layers = [] if expand == 1 else [_conv_bn(cin, hidden, 1, 1, 1, act)]
-        layers += [_conv_bn(hidden, hidden, kernel, stride, hidden, act), _conv_bn(hidden, cout, 1, 1, 1, None)]
-        self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.block(x)
-        return x + y if self.residual else y
-
-
 class SearchNet(nn.Module):
     """The torch network of an architecture of the space."""
 
@@ -153,14 +130,15 @@ class SearchNet(nn.Module):
         arch = validate(arch)
         w = arch["width"]
         c = _channels(STEM, w)
-        layers: list[nn.Module] = [_conv_bn(3, c, 3, 2, 1, "relu6"), MBConv(c, _channels(FIRST, w), 3, 1, 1, "relu6")]
+        layers: list[nn.Module] = [conv_bn(3, c, 3, 2), MBConv(c, _channels(FIRST, w), 3, 1, 1)]
         c = _channels(FIRST, w)
         for (cout, stride), stage in zip(STAGES, arch["stages"]):
             cout = _channels(cout, w)
             for j, block in enumerate(stage["blocks"]):
-                layers.append(MBConv(c, cout, block["kernel"], stride if j == 0 else 1, block["expand"], stage["act"]))
+                layers.append(MBConv(c, cout, block["kernel"], stride if j == 0 else 1, block["expand"],
+                                     ACT_MODULES[stage["act"]]))
                 c = cout
-        layers.append(_conv_bn(c, HEAD, 1, 1, 1, "hswish"))
+        layers.append(conv_bn(c, HEAD, 1, act=nn.Hardswish))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(HEAD, NUM_CLASSES)
         self.resolution = arch["resolution"]
