@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,76 @@ def host_artifact(convnet_onnx, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifacts") / "convnet-host"
     run_cli("compile", convnet_onnx, "--target", "host", "-o", out, check=True)
     return out
+
+
+# ---- loopback TVM RPC: a tracker and servers started by a test, all bound to 127.0.0.1 ----------------
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GroupProcess:
+    """A subprocess in its own process group (an RPC server forks one child per session)."""
+
+    def __init__(self, *args: str):
+        self.log = open(os.devnull, "w")
+        self.popen = subprocess.Popen([sys.executable, "-m", *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait()
+        self.log.close()
+
+
+def wait_for_rpc_servers(port: int, key: str, count: int, timeout: float = 60) -> None:
+    """Wait until `count` RPC servers under `key` are registered with the tracker on `port`."""
+    from tvm import rpc
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            info = rpc.connect_tracker("127.0.0.1", port).summary()
+            if sum(1 for s in info["server_info"] if s["key"] == f"server:{key}") >= count:
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{count} RPC server(s) under {key} did not register with the tracker on port {port}")
+
+
+def _wait_for_tracker(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"the RPC tracker did not listen on 127.0.0.1:{port}")
+
+
+@pytest.fixture
+def rpc_tracker():
+    """A tracker on 127.0.0.1 and a factory for servers registered with it; all killed at the end."""
+    procs: list[GroupProcess] = []
+    port = free_port()
+    procs.append(GroupProcess("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)))
+    _wait_for_tracker(port)  # a server started before its tracker listens retries only every 5 s
+
+    def add_server(key: str) -> GroupProcess:
+        sport = free_port()
+        proc = GroupProcess("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1),
+                            "--tracker", f"127.0.0.1:{port}", "--key", key)
+        procs.append(proc)
+        return proc
+
+    yield port, add_server
+    for p in reversed(procs):
+        p.kill()

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import targets
-from conftest import AUTOGLM, ROOT, assert_user_error, have, run_cli
+from conftest import AUTOGLM, ROOT, assert_user_error, have, run_cli, wait_for_rpc_servers
 
 pytestmark = pytest.mark.skipif(targets.host_arch() != "x86_64" or not have("cmake"),
                                 reason="bench runs the C++ runner built for an x86_64 host (needs cmake, g++)")
@@ -236,80 +233,11 @@ def test_corrupt_database_is_refused_not_overwritten(host_artifact, tmp_path):
 
 # --- TVM RPC on loopback ------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Proc:
-    """A subprocess in its own process group (an RPC server forks one child per session)."""
-
-    def __init__(self, *args: str):
-        self.log = open(os.devnull, "w")
-        self.popen = subprocess.Popen([sys.executable, "-m", *args], stdout=self.log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.popen.wait()
-        self.log.close()
-
-
-def _wait_for_servers(port: int, key: str, count: int, timeout: float = 60) -> None:
-    from tvm import rpc
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            info = rpc.connect_tracker("127.0.0.1", port).summary()
-            if sum(1 for s in info["server_info"] if s["key"] == f"server:{key}") >= count:
-                return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{count} RPC server(s) under {key} did not register with the tracker on port {port}")
-
-
-def _wait_for_tracker(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"the RPC tracker did not listen on 127.0.0.1:{port}")
-
-
-@pytest.fixture
-def rpc_tracker():
-    """A tracker on 127.0.0.1 and a factory for servers registered with it; all killed at the end."""
-    procs: list[_Proc] = []
-    port = _free_port()
-    procs.append(_Proc("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)))
-    _wait_for_tracker(port)  # a server started before its tracker listens retries only every 5 s
-
-    def add_server(key: str) -> _Proc:
-        sport = _free_port()
-        proc = _Proc("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1),
-                     "--tracker", f"127.0.0.1:{port}", "--key", key)
-        procs.append(proc)
-        return proc
-
-    yield port, add_server
-    for p in reversed(procs):
-        p.kill()
-
-
 def test_bench_over_rpc_fleet(host_artifact, rpc_tracker, tmp_path):
     port, add_server = rpc_tracker
     add_server("bench-test")
     add_server("bench-test")
-    _wait_for_servers(port, "bench-test", 2)
+    wait_for_rpc_servers(port, "bench-test", 2)
     db = tmp_path / "r.sqlite"
     proc = run_cli("bench", host_artifact, "--device", f"rpc://127.0.0.1:{port}/bench-test", "--baseline", "onnxruntime",
                    "--threads", "1", "--repeat", "8", "--block", "4", "--warmup", "1", "--json", tmp_path / "rpc.json",
@@ -329,7 +257,7 @@ def test_bench_over_rpc_fleet(host_artifact, rpc_tracker, tmp_path):
 
 def test_rpc_with_no_server_under_the_key(host_artifact, rpc_tracker, tmp_path):
     port, _add = rpc_tracker
-    _wait_for_servers(port, "none", 0)
+    wait_for_rpc_servers(port, "none", 0)
     proc = run_cli("bench", host_artifact, "--device", f"rpc://127.0.0.1:{port}/rpi4", *FAST, "--db", tmp_path / "r.sqlite")
     assert_user_error(proc, 1, "no RPC server is registered under key 'rpi4'", "--host 127.0.0.1")
 
@@ -366,7 +294,7 @@ def _assert_failed_run_recorded(db: Path) -> None:
 def test_rpc_server_killed_mid_run(host_artifact, rpc_tracker, tmp_path):
     port, add_server = rpc_tracker
     server = add_server("doomed")
-    _wait_for_servers(port, "doomed", 1)
+    wait_for_rpc_servers(port, "doomed", 1)
     db = tmp_path / "r.sqlite"
     proc, lines, seen, pump = _start_bench(host_artifact, "--device", f"rpc://127.0.0.1:{port}/doomed", "--threads", "1",
                                            "--repeat", "100000", "--block", "1000", "--warmup", "1", "--db", db)

@@ -10,16 +10,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import AUTOGLM, assert_user_error, run_cli
+from conftest import AUTOGLM, assert_user_error, free_port, run_cli, wait_for_rpc_servers
 
 RECORDS = "database_tuning_record.json"
 WORKLOADS = "database_workload.json"
@@ -175,72 +173,20 @@ def test_time_budget(tmp_path):
     assert s["budget"] == "15 s" and s["tasks_tuned"] == 1 and s["trials_measured"] >= 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def rpc_tracker():
-    """A TVM RPC tracker and one server under key 'loopback', both bound to 127.0.0.1 only."""
-    port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                                "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                               start_new_session=True)
-    server = None
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        sport = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "loopback",
-                                   "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        from tvm import rpc
-
-        while time.monotonic() < deadline:
-            try:
-                info = rpc.connect_tracker("127.0.0.1", port).summary()
-                if any(s["key"].endswith("loopback") for s in info.get("server_info", [])):
-                    break
-            except Exception:  # noqa: BLE001 - tracker still starting
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("the loopback RPC server did not register with the tracker")
-        yield port
-    finally:
-        # each in its own process group: the server's worker processes go with it
-        for p in (server, tracker):
-            if p is None:
-                continue
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(p.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    p.wait(timeout=10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # stragglers of the group
-            except ProcessLookupError:
-                pass
+def loopback_rpc(rpc_tracker) -> int:
+    """The port of a loopback tracker with one RPC server registered under key 'loopback'."""
+    port, add_server = rpc_tracker
+    add_server("loopback")
+    wait_for_rpc_servers(port, "loopback", 1)
+    return port
 
 
-def test_rpc_runner_records_measurements(rpc_tracker, tmp_path):
+def test_rpc_runner_records_measurements(loopback_rpc, tmp_path):
     model = make_mlp(tmp_path / "one.onnx", (64, 32), seed=2)
     db = tmp_path / "db"
-    s = tune(model, "--trials", "2", "--batch", "2", "--db", db, "--rpc", f"127.0.0.1:{rpc_tracker}/loopback")
-    assert s["measured_on"] == f"rpc 127.0.0.1:{rpc_tracker}/loopback"
+    s = tune(model, "--trials", "2", "--batch", "2", "--db", db, "--rpc", f"127.0.0.1:{loopback_rpc}/loopback")
+    assert s["measured_on"] == f"rpc 127.0.0.1:{loopback_rpc}/loopback"
     assert s["tasks_total"] == 1 and s["trials_measured"] >= 1
     (task,) = s["tasks"]
     assert task["best_ms"] is not None and task["default_ms"] is not None
@@ -284,7 +230,7 @@ def test_db_not_writable(mlp, tmp_path):
 
 def test_rpc_tracker_unreachable(mlp, tmp_path):
     db = tmp_path / "db"
-    port = _free_port()
+    port = free_port()
     line = assert_user_error(run_cli("tune", mlp, "--trials", "2", "--db", db, "--rpc", f"127.0.0.1:{port}/x"), 1,
                              "RPC tracker", "unreachable")
     assert str(port) in line
