@@ -27,7 +27,8 @@ class VMExecutor:
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run `main` once; outputs are copied to host numpy arrays."""
-        args = [self._tvm.runtime.tensor(np.ascontiguousarray(a), self.device) for a in inputs]
+        # np.asarray(order="C"), not np.ascontiguousarray: the latter turns 0-d (scalar) inputs into shape (1,).
+        args = [self._tvm.runtime.tensor(np.asarray(a, order="C"), self.device) for a in inputs]
         out = self._main(*args)
         return [t.numpy() for t in _flatten(out)]
 
