@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import CompileFailure, ModelFormatError, UnsupportedOperatorError, UsageError
+from .errors import AutoglmError, CompileFailure, ModelFormatError, UnsupportedOperatorError, UsageError
 
 ONNX = "onnx"
 TFLITE = "tflite"
@@ -211,13 +213,23 @@ def _simplify_onnx(model, specs: list[TensorSpec], notes: list[str]):
 
 
 def _unsupported_onnx_ops(model) -> list[str]:
+    """Nodes (in `If` branches too) that neither TVM's importer nor the toolkit's converters know."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    known = set(_get_convert_map()) | {"If", "Constant"}
-    missing = []
-    for i, node in enumerate(model.graph.node):
-        if node.op_type not in known:
-            missing.append(f"{node.op_type} (node '{node.name or f'#{i}'}')")
+    from .onnx_ops import converters
+
+    known = set(_get_convert_map()) | set(converters()) | {"If", "Constant"}
+    missing: list[str] = []
+
+    def walk(graph) -> None:
+        for i, node in enumerate(graph.node):
+            if node.op_type not in known:
+                missing.append(f"{node.op_type} (node '{node.name or f'#{i}'}')")
+            for a in node.attribute:
+                if a.HasField("g"):
+                    walk(a.g)
+
+    walk(model.graph)
     return missing
 
 
@@ -230,19 +242,25 @@ def _load_onnx(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedMod
     if missing:
         raise UnsupportedOperatorError(
             f"TVM 0.27 cannot import {len(missing)} operator(s) of {path.name}: {', '.join(missing[:5])}"
-            f"{' ...' if len(missing) > 5 else ''}; replace them in the model (e.g. export LSTM/GRU unrolled) and retry"
+            f"{' ...' if len(missing) > 5 else ''}; replace them in the model with operators TVM imports and retry"
         )
     from tvm.relax.frontend.onnx import from_onnx
 
+    from .onnx_ops import toolkit_converters
+
     opset = next((o.version for o in prepared.opset_import if o.domain in ("", "ai.onnx")), None)
     try:
-        mod = from_onnx(
-            prepared,
-            shape_dict={s.name: list(s.shape) for s in specs},
-            dtype_dict={s.name: s.dtype for s in specs},
-            opset=opset,
-            keep_params_in_input=False,
-        )
+        # The importer prints every failing node's inputs to stdout before re-raising: the error says enough.
+        with toolkit_converters(), contextlib.redirect_stdout(io.StringIO()):
+            mod = from_onnx(
+                prepared,
+                shape_dict={s.name: list(s.shape) for s in specs},
+                dtype_dict={s.name: s.dtype for s in specs},
+                opset=opset,
+                keep_params_in_input=False,
+            )
+    except AutoglmError:
+        raise
     except Exception as exc:
         raise CompileFailure(f"TVM's ONNX importer failed on {path.name}: {_one_line(exc)}") from None
     return ImportedModel(
