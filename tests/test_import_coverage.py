@@ -1,4 +1,4 @@
-"""Import coverage: LSTM, GRU and RNN through the toolkit's converters.
+"""Import coverage: LSTM, GRU and RNN through the toolkit's converters; `If` folding and run-time `If`s.
 
 Every model is built here (onnx.helper, torch.onnx, or a TFLite flatbuffer written with the `tflite`
 package's builders), compiled for the host through `compile_model` or the `autoglm` CLI, and checked
@@ -19,7 +19,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import targets
-from compile import UnsupportedOperatorError, VMExecutor, compile_model
+from compile import UnsupportedOperatorError, VMExecutor, compile_model, load_model
 from conftest import assert_nothing_written, assert_user_error, run_cli
 
 
@@ -214,4 +214,124 @@ def test_unsupported_lstm_attribute_through_the_cli(tmp_path):
     path = rnn_model("LSTM", tmp_path / "lstm.onnx", activations=["Sigmoid", "Tanh", "Softsign"])
     out = tmp_path / "art"
     assert_user_error(run_cli("compile", path, "--target", "host", "-o", out), 1, "LSTM node 'my_lstm'", "Softsign", "re-export")
+    assert_nothing_written(out)
+
+
+# --------------------------------------------------------------------------- If
+
+
+def _lstm_then_reshape(prefix: str, x: str, out: str, inp: int, hidden: int, rng) -> tuple[list, list]:
+    """An LSTM on `x` whose Y_h [1, B, H] becomes [B, H] through a Shape -> Gather -> Reshape subgraph."""
+    inits = [numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, inp)) * 0.5).astype(np.float32), f"{prefix}W"),
+             numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, hidden)) * 0.5).astype(np.float32), f"{prefix}R")]
+    nodes = [
+        helper.make_node("LSTM", [x, f"{prefix}W", f"{prefix}R"], ["", f"{prefix}h"], hidden_size=hidden, name=f"{prefix}lstm"),
+        helper.make_node("Shape", [f"{prefix}h"], [f"{prefix}s"]),
+        _const(f"{prefix}i", np.array([1, 2], np.int64)),
+        helper.make_node("Gather", [f"{prefix}s", f"{prefix}i"], [f"{prefix}bh"]),
+        helper.make_node("Reshape", [f"{prefix}h", f"{prefix}bh"], [out]),
+    ]
+    return nodes, inits
+
+
+def _reduce_first_axis(x: str, out: str, prefix: str) -> list:
+    return [_const(f"{prefix}ax", np.array([0], np.int64)), helper.make_node("ReduceSum", [x, f"{prefix}ax"], [out], keepdims=0)]
+
+
+def constant_if_model(path: Path, seed: int = 0) -> Path:
+    """If(Constant True) whose then-branch holds If(batch == 2) around an LSTM with a shape subgraph.
+
+    Only shape fixing makes the inner condition constant; the outer one is constant from the start.
+    """
+    rng = np.random.default_rng(seed)
+    lstm_nodes, lstm_inits = _lstm_then_reshape("a_", "x", "a_out", 4, 5, rng)
+    inner_then = helper.make_graph(lstm_nodes, "inner_then", [], [_out("a_out", 2)], lstm_inits)
+    inner_else = helper.make_graph(_reduce_first_axis("x", "b_out", "b_"), "inner_else", [], [_out("b_out", 2)])
+    outer_then = helper.make_graph([
+        helper.make_node("Shape", ["x"], ["o_s"]), _const("o_i", np.array(1, np.int64)),
+        helper.make_node("Gather", ["o_s", "o_i"], ["o_b"]), _const("o_two", np.array(2, np.int64)),
+        helper.make_node("Equal", ["o_b", "o_two"], ["o_c"]),
+        helper.make_node("If", ["o_c"], ["o_out"], then_branch=inner_then, else_branch=inner_else, name="inner"),
+    ], "outer_then", [], [_out("o_out", 2)])
+    outer_else = helper.make_graph(_reduce_first_axis("x", "z_out", "z_"), "outer_else", [], [_out("z_out", 2)])
+    graph = helper.make_graph(
+        [_const("c", np.array(True)),
+         helper.make_node("If", ["c"], ["y"], then_branch=outer_then, else_branch=outer_else, name="outer")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", 4])], [_out("y", 2)])
+    return _save(graph, path)
+
+
+def runtime_if_model(path: Path, *, squeeze_else: bool = False, seed: int = 0) -> Path:
+    """If(flag > 1) on an int64 scalar input: both branches run an LSTM behind a shape subgraph.
+
+    With `squeeze_else` the else-branch squeezes the batch axis, which is valid only for batch 1 (as
+    silero-vad's 8 kHz branch is valid only for some input lengths).
+    """
+    rng = np.random.default_rng(seed)
+    then_nodes, then_inits = _lstm_then_reshape("t_", "x", "t_out", 5, 5, rng)
+    if squeeze_else:
+        else_nodes, else_inits = [
+            _const("e_ax", np.array([1], np.int64)), helper.make_node("Squeeze", ["x", "e_ax"], ["e_sq"]),
+            _const("e_z", np.array([0], np.int64)), helper.make_node("ReduceSum", ["e_sq", "e_z"], ["e_out"], keepdims=1),
+        ], []
+    else:
+        else_nodes, else_inits = _lstm_then_reshape("e_", "x", "e_out", 5, 5, rng)
+    graph = helper.make_graph(
+        [_const("one", np.array(1, np.int64)), helper.make_node("Greater", ["flag", "one"], ["cond"]),
+         helper.make_node("If", ["cond"], ["y"], name="pick",
+                          then_branch=helper.make_graph(then_nodes, "then", [], [_out("t_out", 2)], then_inits),
+                          else_branch=helper.make_graph(else_nodes, "else", [], [_out("e_out", 2)], else_inits))],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", 5]),
+              helper.make_tensor_value_info("flag", TensorProto.INT64, [])],
+        [_out("y", 2)])
+    return _save(graph, path)
+
+
+def test_constant_if_is_folded_before_import(host, tmp_path):
+    path = constant_if_model(tmp_path / "cif.onnx")
+    prepared = onnx.load_from_string(load_model(path, {"x": (3, 2, 4)}).prepared_onnx)
+    assert "If" not in {n.op_type for n in prepared.graph.node}
+    assert {n.op_type for n in prepared.graph.node} >= {"LSTM"}
+    assert _verified(compile_model(path, host, tmp_path / "art", input_shapes={"x": (3, 2, 4)})) < 1e-5
+    # batch 3 takes the inner else-branch: no LSTM left at all.
+    prepared3 = onnx.load_from_string(load_model(path, {"x": (3, 3, 4)}).prepared_onnx)
+    assert {n.op_type for n in prepared3.graph.node}.isdisjoint({"If", "LSTM"})
+
+
+def test_inlining_a_constant_if_keeps_the_results(tmp_path):
+    """The toolkit's own inliner (used where onnxslim leaves a constant If) gives onnxruntime's results."""
+    from compile.frontend import _inline_constant_ifs
+
+    path = constant_if_model(tmp_path / "cif.onnx")
+    model = onnx.load(str(path))
+    assert _inline_constant_ifs(model.graph) == 1
+    assert [n.op_type for n in model.graph.node].count("If") == 1  # the inner If, now at the top
+    assert _inline_constant_ifs(model.graph) == 0  # its condition is not constant until shapes are folded
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_runtime_if_on_a_scalar_input_keeps_both_branches(host, tmp_path):
+    """The condition depends on an input: both branches are simplified and compiled, and each one matches."""
+    path = runtime_if_model(tmp_path / "rif.onnx")
+    result = compile_model(path, host, tmp_path / "art", input_shapes={"x": (3, 2, 5)})
+    _verified(result)
+    assert result.manifest["inputs"][1] == {"name": "flag", "shape": [], "dtype": "int64"}
+    vm = VMExecutor(result.artifact / "model.so")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((3, 2, 5)).astype(np.float32)
+    for flag in (0, 2):  # else-branch, then-branch; a 0-d input must stay 0-d on its way into the VM
+        f = np.array(flag, np.int64)
+        np.testing.assert_allclose(vm.run([x, f])[0], sess.run(None, {"x": x, "flag": f})[0], atol=1e-5)
+
+
+def test_runtime_if_with_a_branch_invalid_for_the_shapes_is_explained(tmp_path):
+    path = runtime_if_model(tmp_path / "rif.onnx", squeeze_else=True)
+    out = tmp_path / "art"
+    assert_user_error(run_cli("compile", path, "-o", out, "--input-shape", "x=3,2,5"), 1,
+                      "else_branch of If node 'pick'", "chosen at run time from input 'flag'", "Squeeze",
+                      "input shapes valid for both")
     assert_nothing_written(out)
