@@ -519,10 +519,19 @@ def _load_tflite(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedM
     except Exception as exc:
         raise ModelFormatError(f"{path} is not a readable TFLite model ({_one_line(exc)}); is it truncated or corrupt?") from None
     specs = fix_shapes(declared, overrides)
+    custom = _tflite_custom_ops(model)
+    if custom:
+        names = ", ".join(f"{name} (x{count})" for name, count in custom.items())
+        hints = "; ".join(_CUSTOM_OP_HINTS[n] for n in custom if n in _CUSTOM_OP_HINTS)
+        raise UnsupportedOperatorError(
+            f"{path.name} uses TFLite custom operator(s) {names}, which TVM cannot import; re-export the model "
+            f"with builtin TFLite operators only{f' ({hints})' if hints else ''}, or compile its ONNX version"
+        )
     from tvm.relax.frontend.tflite import from_tflite
 
     try:
-        mod = from_tflite(model, shape_dict={s.name: s.shape for s in specs}, dtype_dict={s.name: s.dtype for s in specs})
+        mod = from_tflite(model, shape_dict={s.name: s.shape for s in specs}, dtype_dict={s.name: s.dtype for s in specs},
+                          op_converter=_tflite_converter_class())
     except Exception as exc:
         import tvm
 
@@ -530,6 +539,57 @@ def _load_tflite(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedM
         raise cls(f"TVM's TFLite importer failed on {path.name}: {_one_line(exc)}") from None
     return ImportedModel(path=path, format=TFLITE, sha256=sha256_file(path), inputs=specs, mod=mod,
                          output_names=output_names)
+
+
+# How to replace the custom operators MediaPipe models carry (what their builtin equivalent is).
+_CUSTOM_OP_HINTS = {
+    "Convolution2DTransposeBias": "Convolution2DTransposeBias is TRANSPOSE_CONV followed by ADD of the bias",
+    "MaxPoolingWithArgmax2D": "MaxPoolingWithArgmax2D has no builtin equivalent: use MAX_POOL_2D and upsample instead of MaxUnpooling2D",
+    "MaxUnpooling2D": "MaxUnpooling2D has no builtin equivalent: use RESIZE_NEAREST_NEIGHBOR or TRANSPOSE_CONV",
+}
+
+# Custom operators TVM's TFLite importer does convert.
+_TVM_CUSTOM_OPS = {"TFLite_Detection_PostProcess"}
+
+
+def _tflite_custom_ops(model) -> dict[str, int]:
+    """Custom operators (by custom code, with their node counts) used anywhere in the model."""
+    import tflite
+
+    counts: dict[str, int] = {}
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for i in range(graph.OperatorsLength()):
+            code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+            # TFLite >= 2.4 keeps the builtin code in a 32-bit field and a deprecated 8-bit one.
+            builtin = max(code.DeprecatedBuiltinCode(), code.BuiltinCode())
+            if builtin != tflite.BuiltinOperator.CUSTOM:
+                continue
+            name = (code.CustomCode() or b"?").decode(errors="replace")
+            if name not in _TVM_CUSTOM_OPS:
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _tflite_converter_class():
+    """TVM's TFLite operator converter with a fix for sparse float16 weights.
+
+    MediaPipe's sparse models (pose_detection, face_detection_full_range_sparse) store weights as
+    sparse float16 tensors, expanded by DENSIFY and then DEQUANTIZE'd to float32. TVM 0.27's
+    DEQUANTIZE reads a float16 input's buffer with `get_tensor_value`, but DENSIFY's output has no
+    buffer: its dense value is a "prefetched" node, so the read failed with "a bytes-like object is
+    required, not 'int'" (the flatbuffer returns 0 for an empty buffer). Reading prefetched values
+    first is what TVM's own `get_tensor_value_or_prefetched` does; `from_tflite` takes the class.
+    """
+    from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
+
+    class ToolkitTFLiteConverter(OperatorConverter):
+        def get_tensor_value(self, tensor_wrapper, is_sparse=False):
+            if not is_sparse and self.is_prefetched(tensor_wrapper.tensor_idx):
+                return self.get_prefetched_node(tensor_wrapper.tensor_idx)
+            return super().get_tensor_value(tensor_wrapper, is_sparse)
+
+    return ToolkitTFLiteConverter
 
 
 def _one_line(exc: BaseException) -> str:
