@@ -55,6 +55,17 @@ class Target:
         """The TVM target of the host CPU for GPU targets (None for CPU targets)."""
         return self.tvm.get("host")
 
+    def missing_cpu_features(self) -> list[str]:
+        """CPU features this target's code may use that this machine lacks (empty on other architectures).
+
+        An x86-64-avx512 artifact on an AVX2-only host would die of SIGILL, so it does not run here.
+        """
+        if self.device != "cpu" or self.arch != host_arch():
+            return []
+        known = set(_X86_FEATURES.values()) | set(_ARM_FEATURES.values())
+        have = {"+" + f for f in detect_host()["features"]}
+        return sorted(f.lstrip("+") for f in {"+" + f.lstrip("+") for f in self.features} & known - have)
+
     def toolchain_found(self) -> bool:
         """Whether the compiler this target needs is on PATH."""
         return shutil.which(self.cross_compiler or "g++") is not None
@@ -64,7 +75,7 @@ class Target:
         if self.device == "cuda":
             return "board" if not _has_cuda_driver() else "native"
         if self.is_native:
-            return "native"
+            return "no" if self.missing_cpu_features() else "native"
         if self.emulator and shutil.which(self.emulator):
             return "emulated"
         return "no"

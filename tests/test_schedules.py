@@ -164,15 +164,44 @@ def test_transcendentals_use_vectorisable_approximations(op_models, host, tmp_pa
     assert result.manifest["verification"]["max_abs_error"] <= 1e-5
 
 
-def test_conv_weights_prepacked_at_compile_time(op_models, host):
-    """Convs with a multiple of the vector width of output channels use OIHW[x]o weights, folded at build time."""
-    names = _schedule_only(op_models["conv3x3"], host)
+X86_ISAS = {"x86-64-avx2": "x86-avx2", "x86-64-avx512": "x86-avx512"}
+
+
+@pytest.mark.parametrize("target_name", list(X86_ISAS))
+def test_conv_weights_prepacked_at_compile_time(op_models, target_name):
+    """Convs whose output channels are a multiple of 8 use OIHW[x]o weights, folded at build time, on AVX2
+    and on AVX-512 alike (24 channels: 8-lane vectors on AVX-512). Both ISAs are checked on any x86 host."""
+    target = targets.load_target(target_name)
+    names = _schedule_only(op_models["conv3x3"], target)
     packed = [k for k in names if k.endswith("_prepacked")]
-    assert packed and all(names[k].startswith("conv2d-") for k in packed), names
+    assert packed and all(names[k] == f"conv2d-{X86_ISAS[target_name]}" for k in packed), names
     assert not [k for k in names if "weight_prepack" in k], f"weight repacking left as a runtime kernel: {names}"
-    # 10 output channels: not a multiple of the vector width, so the spatially vectorised conv rule takes it.
-    odd = _schedule_only(op_models["conv3x3-stride2-odd"], host)
+    # 10 output channels: not a multiple of 8, so the spatially vectorised conv rule takes it.
+    odd = _schedule_only(op_models["conv3x3-stride2-odd"], target)
     assert not [k for k in odd if k.endswith("_prepacked")] and any(v and v.startswith("conv2d-") for v in odd.values())
+
+
+@pytest.mark.parametrize("target_name", list(X86_ISAS))
+def test_x86_isa_built_and_inspected(op_models, target_name, tmp_path):
+    """Each x86 ISA's schedules build, use that ISA's vector registers, and run (and verify) where the CPU has it."""
+    import tvm
+
+    from compile.build import relax_pipeline
+
+    target = targets.load_target(target_name)
+    model = load_model(op_models["depthwise5x5-hswish"])
+    tt = tvm.target.Target(target.tvm)
+    with tt:
+        ex = tvm.compile(relax_pipeline(target)(model.mod), target=tt, relax_pipeline=None)
+    asm = "\n".join(m.inspect_source("asm") for m in [ex.mod, *ex.mod.imports] if m.kind == "llvm")
+    register = {"x86-64-avx2": "%ymm", "x86-64-avx512": "%zmm"}[target_name]
+    assert register in asm, f"no {register} register in the {target_name} build"
+    result = compile_model(op_models["depthwise5x5-hswish"], target, tmp_path / "art")
+    verification = result.manifest["verification"]
+    if target.missing_cpu_features():
+        assert verification["passed"] is None and "lacks" in verification["skipped"], verification
+    else:
+        assert verification["passed"] is True, verification
 
 
 def test_zoo_convnet_every_kernel_scheduled(convnet_onnx, host, tmp_path):

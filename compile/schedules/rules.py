@@ -227,10 +227,11 @@ class _Prepared:
     info: _MainInfo
     iters: list
     prologue: list      # stages left before the main block (padding), scheduled as elementwise
-    epilogue: list      # stages to compute per tile after the main block
+    epilogue: list      # stages after the main block (computed per tile when `fusable`)
     out_buf: object
     is_output: bool     # the main block writes the function output (no epilogue stage)
     reads: list         # the main block's operand regions
+    fusable: bool       # every epilogue stage is pointwise over the main block's output (see _pointwise_over)
 
 
 def _prepare(func) -> _Prepared | None:
@@ -283,7 +284,61 @@ def _prepare(func) -> _Prepared | None:
     if is_output and epilogue:
         return None
     reads = [r for r in main_stmt.reads if not r.source.same_as(out_buf)]
-    return _Prepared(sch, root, main, info, iters, prologue_left, epilogue, out_buf, is_output, reads)
+    fusable = _pointwise_over(sch, epilogue, out_buf)
+    return _Prepared(sch, root, main, info, iters, prologue_left, epilogue, out_buf, is_output, reads, fusable)
+
+
+def _identity_access(region, iter_vars, shape) -> bool:
+    """`region` is buf[v0, v1, ...] with the block's own iterators in order, over the whole of `shape`."""
+    if len(region.region) != len(iter_vars) or len(iter_vars) != len(shape):
+        return False
+    for r, iv, dim in zip(region.region, iter_vars, shape):
+        if _int(r.extent) != 1 or not r.min.same_as(iv.var) or _int(iv.dom.extent) != _int(dim):
+            return False
+    return True
+
+
+def _pointwise_over(sch, epilogue: list, out_buf) -> bool:
+    """Whether each epilogue stage computes its output point for point from the main block's output.
+
+    Only such stages can be computed per register tile: `reverse_compute_at` sizes a consumer's loops from
+    the region it reads of the tile, so a consumer that reads the main output elsewhere than where it
+    writes (channel-axis padding, a transpose, a broadcast, a window) would be computed on part of its
+    domain only and leave the rest unwritten. Guarded reads (`if_then_else` from inlined padding) count as
+    reads at their index, which is what makes the padded channels invisible to the region analysis.
+    """
+    shape = [_int(d) for d in out_buf.shape]
+    produced = [out_buf]
+    for blk in epilogue:
+        stmt = sch.get(blk)
+        if len(stmt.writes) != 1 or not _is_spatial_block(stmt):
+            return False
+        if not _identity_access(stmt.writes[0], stmt.iter_vars, shape):
+            return False
+        for r in stmt.reads:
+            if any(r.source.same_as(b) for b in produced) and not _identity_access(r, stmt.iter_vars, shape):
+                return False
+        produced.append(stmt.writes[0].source)
+    # Inlined stages can also read the main output inside an expression the block's read regions
+    # summarise loosely; every load of a produced buffer must be at the block's own indices.
+    return all(_loads_at_own_indices(sch.get(blk), produced) for blk in epilogue)
+
+
+def _loads_at_own_indices(stmt, produced: list) -> bool:
+    import tvm
+
+    tvm_ffi, _, _ = _ir()
+    own = [iv.var for iv in stmt.iter_vars]
+    ok = [True]
+
+    def visit(node):
+        if any(node.source.same_as(b) for b in produced):
+            idx = list(node.indices)
+            if len(idx) != len(own) or not all(i.same_as(v) for i, v in zip(idx, own)):
+                ok[0] = False
+
+    tvm_ffi.structural_walk(stmt.body, (tvm.ir.TensorLoad, visit), order="post")
+    return ok[0]
 
 
 def _read_index(sch, block, buf) -> int:
@@ -312,7 +367,7 @@ def conv2d_packed(func, cfg: CpuConfig):
     _, s_tir, tirx = _ir()
 
     prep = _prepare(func)
-    if prep is None or prep.info.kind != "conv2d" or prep.info.m is None:
+    if prep is None or prep.info.kind != "conv2d" or prep.info.m is None or not prep.fusable:
         return None
     sch, root, main, info, iters = prep.sch, prep.root, prep.main, prep.info, prep.iters
     if len(iters) != 7 or [iv.iter_type for iv in iters] != [tirx.IterVar.DataPar] * 4 + [tirx.IterVar.CommReduce] * 3:
@@ -330,9 +385,13 @@ def conv2d_packed(func, cfg: CpuConfig):
     if weight is None or any(weight.same_as(b) for b in sch.get(root).alloc_buffers):
         return None
     bits = prep.out_buf.dtype.bits
-    lanes = cfg.lanes(bits)
     ext = [_int(iv.dom.extent) for iv in iters]
     F, Y, X = ext[1], ext[2], ext[3]
+    # The widest vector that divides the output channels: on AVX-512 a conv with 24 channels runs on
+    # 8-lane (ymm) vectors rather than falling back to the spatially vectorised rule.
+    lanes = cfg.lanes(bits)
+    while lanes > 8 and F % lanes:
+        lanes //= 2
     if lanes < 2 or F % lanes:
         return None
     # Accumulators only: with a larger tile LLVM keeps reused input broadcasts in registers and spills.
@@ -477,18 +536,24 @@ def tiled_reduction(func, cfg: CpuConfig):
     if width > 1:
         sch.vectorize(inner[-1])
 
-    # Epilogue computed per tile, the accumulator tile local.
-    for blk in epilogue:
-        try:
-            sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
-        except Exception:  # noqa: BLE001
-            return None
-        elp = sch.get_loops(blk)[1:]
-        if elp:
-            e_ext = _int(sch.get(elp[-1]).extent) or 1
-            vectorize_inner(sch, elp[-1], e_ext, lanes)
-    if not is_output:
-        sch.set_scope(main, 0, "local")
+    if prep.fusable:
+        # Epilogue computed per tile, the accumulator tile local.
+        for blk in epilogue:
+            try:
+                sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
+            except Exception:  # noqa: BLE001
+                return None
+            elp = sch.get_loops(blk)[1:]
+            if elp:
+                e_ext = _int(sch.get(elp[-1]).extent) or 1
+                vectorize_inner(sch, elp[-1], e_ext, lanes)
+        if not is_output:
+            sch.set_scope(main, 0, "local")
+    else:
+        # The epilogue reshapes the result (channel padding, transposes): it runs after the whole
+        # main block, over its own domain, from the main block's output in global memory.
+        for blk in epilogue:
+            schedule_spatial_block(sch, blk, cfg)
     init = sch.decompose_reduction(main, red_loops[0])
     ilp = sch.get_loops(init)[1:]
     for lp in ilp[:-1]:
