@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from targets import Target, host_arch
 
-from .artifact import LIBRARY, MANIFEST, check_artifact, elf_machine, publish, read_manifest, staging_dir
+from .artifact import (
+    LIBRARY, MANIFEST, SOURCE_TFLITE, check_artifact, elf_machine, publish, read_manifest, staging_dir, write_manifest,
+)
 from .errors import (
     ArtifactError, AutoglmError, CompileFailure, ModelFormatError, ToolchainError, UnsupportedOperatorError,
     UsageError, VerificationError,
 )
 from .executor import VMExecutor
 from .frontend import ImportedModel, TensorSpec, load_model, parse_shape_overrides
+from .progress import Reporter, Stages
 from .reference import ReferenceRuntime, compare, random_inputs
 
 __all__ = [
@@ -45,6 +49,23 @@ def _tvm_version() -> str:
     return tvm.__version__
 
 
+def verification_mode(target: Target) -> tuple[str | None, str]:
+    """Where an artifact for `target` can be checked here: ("host", ...), ("qemu", ...) or (None, why not)."""
+    from .native import emulation_unavailable, emulator_name
+
+    if target.device != "cpu":
+        return None, f"target {target.name} ({target.arch}/{target.device}) does not run on this machine"
+    if target.arch == host_arch():
+        missing = target.missing_cpu_features()
+        if missing:
+            return None, f"this CPU lacks {', '.join(missing)}, which target {target.name} uses"
+        return "host", "on this machine"
+    why = emulation_unavailable(target.arch)
+    if why is not None:
+        return None, f"target {target.name} ({target.arch}) cannot run here: {why}"
+    return "qemu", f"under {emulator_name(target.arch)}"
+
+
 def verify_library(lib_path: Path, model: ImportedModel, device: str, *, seed: int, atol: float, rtol: float) -> dict[str, Any]:
     """Run the compiled library and the reference runtime on the same random inputs and compare."""
     inputs = random_inputs(model.inputs, seed)
@@ -52,7 +73,23 @@ def verify_library(lib_path: Path, model: ImportedModel, device: str, *, seed: i
     expected = ref.run(inputs)
     actual = VMExecutor(lib_path, device).run([inputs[s.name] for s in model.inputs])
     result = compare(actual, expected, atol, rtol)
-    return {"reference": ref.name, "reference_version": ref.version, "seed": seed, **result.to_json()}
+    return {"reference": ref.name, "reference_version": ref.version, "seed": seed, "how": "verified on this machine",
+            **result.to_json()}
+
+
+def verify_emulated(staged: Path, model: ImportedModel, target: Target, *, seed: int, atol: float, rtol: float) -> dict[str, Any]:
+    """Run a staged (complete) artifact under qemu with the C++ runner; compare with the reference run on the host."""
+    from .native import emulator_name, run_artifact
+
+    inputs = random_inputs(model.inputs, seed)
+    ref = ReferenceRuntime.open(model.path, model.format)
+    expected = ref.run(inputs)
+    run = run_artifact(staged, {s.name: inputs[s.name] for s in model.inputs}, emulate=True, warmup=0, repeat=0,
+                       threads=min(2, target.threads))
+    actual = [run.outputs[name] for name in run.outputs]
+    result = compare(actual, expected, atol, rtol)
+    return {"reference": ref.name, "reference_version": ref.version, "seed": seed,
+            "how": f"verified under {emulator_name(target.arch)} with the C++ runner, reference on the host", **result.to_json()}
 
 
 def compile_model(
@@ -66,11 +103,17 @@ def compile_model(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     tuning_db: str | Path | None = None,
+    progress: Reporter | None = None,
 ) -> CompileResult:
     """Import, build and package a model for `target` into the artifact directory `out_dir`.
 
-    `verify=None` verifies when the artifact can run on this machine (CPU targets of the host's
-    architecture). Nothing is left at `out_dir` unless every step, verification included, succeeded.
+    `progress` receives one line as each stage ends (import, relax passes + schedules, LLVM codegen,
+    link, verify, kernel timing) and a heartbeat while a stage runs long; the stage times go into the
+    manifest (`compile_seconds`).
+
+    `verify=None` verifies wherever the artifact can run here: natively for this machine's architecture
+    (when the CPU has the target's features), under qemu with the C++ runner for aarch64. Nothing is
+    left at `out_dir` unless every step, verification included, succeeded.
     """
     out_dir = Path(out_dir)
     if tuning_db is not None:
@@ -78,49 +121,59 @@ def compile_model(
 
         tuning_db = Path(tuning_db).resolve()
         check_database(tuning_db, target)
-    model = load_model(model_path, input_shapes)
-    can_run_here = target.device == "cpu" and target.arch == host_arch()
+    stages = Stages(progress)
+    with stages.stage("import"):
+        model = load_model(model_path, input_shapes)
+    mode, where = verification_mode(target)
     if verify is None:
-        verify = can_run_here
-    elif verify and not can_run_here:
-        raise UsageError(
-            f"--verify runs the artifact on this machine, but target {target.name} ({target.arch}/{target.device}) "
-            f"cannot run here; drop --verify and use `autoglm bench --device qemu` or a board"
-        )
+        verify = mode is not None
+    elif verify and mode is None:
+        raise UsageError(f"--verify cannot run here ({where}); drop --verify and use `autoglm bench` on a board")
     with staging_dir(out_dir) as tmp:
         lib = tmp / LIBRARY
-        stats, compiler_line = build_library_for(model, target, lib, tuning_db)
+        stats, compiler_line = build_library_for(model, target, lib, tuning_db, stages)
         built_arch = elf_machine(lib)
         if built_arch != target.arch:
             raise CompileFailure(f"the linker produced a {built_arch} library for target {target.name} ({target.arch})")
+        if model.prepared_onnx is not None:
+            (tmp / "prepared.onnx").write_bytes(model.prepared_onnx)
+        if model.format == "tflite":
+            shutil.copyfile(model.path, tmp / SOURCE_TFLITE)  # so `bench` can check outputs on any device
         verification: dict[str, Any]
-        if verify:
-            verification = verify_library(lib, model, target.device, seed=seed, atol=atol, rtol=rtol)
-            if not verification["passed"]:
-                raise VerificationError(
-                    f"the compiled model disagrees with {verification['reference']}: max abs error "
-                    f"{verification['max_abs_error']:.3g}, max relative error {verification['max_rel_error']:.3g} "
-                    f"(tolerance atol={atol:g}, rtol={rtol:g}); nothing was written"
-                )
+        if verify and mode == "qemu":
+            # The runner loads only complete artifacts: stage one, manifest and checksums included.
+            write_manifest(tmp, _manifest(model, target, stats, compiler_line, {"passed": None, "skipped": "pending"}))
+            with stages.stage("verify under qemu"):
+                verification = verify_emulated(tmp, model, target, seed=seed, atol=atol, rtol=rtol)
+        elif verify:
+            with stages.stage("verify"):
+                verification = verify_library(lib, model, target.device, seed=seed, atol=atol, rtol=rtol)
         else:
-            verification = {"passed": None, "skipped": f"target {target.name} ({target.arch}/{target.device}) does not run on this machine"
-                            if not can_run_here else "disabled with --no-verify"}
-        if can_run_here:
+            verification = {"passed": None, "skipped": "disabled with --no-verify" if mode is not None else where}
+        if verify and not verification["passed"]:
+            raise VerificationError(
+                f"the compiled model disagrees with {verification['reference']} ({verification['how']}): max abs error "
+                f"{verification['max_abs_error']:.3g}, max relative error {verification['max_rel_error']:.3g} "
+                f"(tolerance atol={atol:g}, rtol={rtol:g}); nothing was written"
+            )
+        if mode == "host":
             from .explain import measure_kernel_times
 
             inputs = random_inputs(model.inputs, seed)
-            measure_kernel_times(VMExecutor(lib, target.device), [inputs[s.name] for s in model.inputs], stats.kernel_rows)
-        if model.prepared_onnx is not None:
-            (tmp / "prepared.onnx").write_bytes(model.prepared_onnx)
+            with stages.stage("time kernels"):
+                measure_kernel_times(VMExecutor(lib, target.device), [inputs[s.name] for s in model.inputs],
+                                     stats.kernel_rows)
         manifest = _manifest(model, target, stats, compiler_line, verification)
+        manifest["compile_seconds"] = stages.to_json()
         publish(tmp, out_dir, manifest)
     return CompileResult(out_dir, read_manifest(out_dir))
 
 
-def build_library_for(model: ImportedModel, target: Target, lib: Path, tuning_db: Path | None = None):
+def build_library_for(model: ImportedModel, target: Target, lib: Path, tuning_db: Path | None = None,
+                      stages: Stages | None = None):
     from .build import build_library
 
-    return build_library(model.mod, target, lib, model.output_names, tuning_db)
+    return build_library(model.mod, target, lib, model.output_names, tuning_db, stages)
 
 
 def _manifest(model: ImportedModel, target: Target, stats, compiler_line: str, verification: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from .frontend import sha256_file
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
+SOURCE_TFLITE = "source.tflite"  # a TFLite model's own file, shipped so any device's run can be checked
 
 _ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm"}
 
@@ -50,8 +51,8 @@ def staging_dir(out_dir: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def publish(tmp: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Checksum every file, write the manifest, and rename the staged directory into place."""
+def write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
+    """Checksum every file of the staged directory and write its manifest (a complete, loadable artifact)."""
     manifest = dict(manifest)
     manifest["format_version"] = FORMAT_VERSION
     manifest["files"] = {
@@ -59,6 +60,11 @@ def publish(tmp: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
         for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != MANIFEST
     }
     _write_json_atomic(tmp / MANIFEST, manifest)
+
+
+def publish(tmp: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Checksum every file, write the manifest, and rename the staged directory into place."""
+    write_manifest(tmp, manifest)
     os.chmod(tmp, 0o755)
     out_dir = Path(out_dir)
     old = None

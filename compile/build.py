@@ -15,6 +15,7 @@ from targets import Target
 from .errors import CompileFailure, ToolchainError
 from .explain import kernel_table
 from .frontend import TensorSpec, _one_line
+from .progress import Stages
 
 
 @dataclass
@@ -147,11 +148,13 @@ def relax_pipeline(target: Target, tuning_passes: list | None = None):
 
 
 def build_library(mod, target: Target, lib_path: Path, output_names: list[str],
-                  tuning_db: Path | None = None) -> tuple[BuildStats, str]:
+                  tuning_db: Path | None = None, stages: Stages | None = None) -> tuple[BuildStats, str]:
     """Lower, build and export `mod` to `lib_path`; returns the stats and the toolchain line."""
     import tvm
 
     from .tuning_db import tuning_passes_for, tuning_summary
+
+    stages = stages or Stages()
 
     compiler, compiler_line = toolchain(target)
     if target.device == "cuda":
@@ -162,19 +165,20 @@ def build_library(mod, target: Target, lib_path: Path, output_names: list[str],
     outputs = _output_specs(mod, output_names)
     graph_ops = _count_graph_ops(mod)
     try:
-        with tt:
+        with stages.stage("fuse + schedule"), tt:
             lowered = relax_pipeline(target, tuning_passes_for(tuning_db, target))(mod)
         kernels, launches, names, planned, weights = _lowered_stats(lowered)
         rows = kernel_table(lowered)
-        with tt:
+        with stages.stage("LLVM codegen"), tt:
             ex = tvm.compile(lowered, target=tt, relax_pipeline=None)
     except Exception as exc:
         raise CompileFailure(f"TVM could not build the model for {target.name}: {_one_line(exc)}") from None
     try:
-        if compiler:
-            ex.export_library(str(lib_path), fcompile=tvm.support.cc.cross_compiler(compiler))
-        else:
-            ex.export_library(str(lib_path))
+        with stages.stage("link"):
+            if compiler:
+                ex.export_library(str(lib_path), fcompile=tvm.support.cc.cross_compiler(compiler))
+            else:
+                ex.export_library(str(lib_path))
     except Exception as exc:
         raise CompileFailure(f"linking the library for {target.name} failed: {_one_line(exc)}") from None
     stats = BuildStats(graph_ops, kernels, launches, names, planned, weights, outputs, rows)

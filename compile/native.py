@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from compile import AutoglmError, read_manifest
+from .artifact import read_manifest
+from .errors import AutoglmError
 from targets import host_arch
 
 __all__ = [
@@ -247,12 +248,35 @@ def build_runtime(arch: str | None = None, build_dir: Path | None = None, *, job
         shutil.rmtree(cmake_build)
         (tmp / _STAMP).write_text(json.dumps({"arch": arch, "compiler": compiler, "tvm": _tvm_versions()}) + "\n")
         os.chmod(tmp, 0o755)
-        if final.exists():  # an empty directory given as build_dir
+        if final.exists() and not any(final.iterdir()):  # an empty directory given as build_dir
             final.rmdir()
+        # (a non-empty one is another process's finished build of the same sources: _publish_dir keeps it)
         _publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def emulation_unavailable(arch: str) -> str | None:
+    """Why artifacts for `arch` cannot be run under qemu with the C++ runner here, or None when they can."""
+    if arch == host_arch():
+        return None
+    if arch == "arm":
+        return "no C++ runner for armv7 (no armv7 TVM runtime wheel exists), so armv7 artifacts cannot run under qemu here"
+    cross = _CROSS.get(arch)
+    if cross is None:
+        return f"artifacts for {arch} cannot be emulated on this {host_arch()} machine"
+    for tool, package in ((cross.emulator, "qemu-user-static"), (cross.compiler, cross.compiler_package), ("cmake", "cmake")):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install {package})"
+    if not Path(cross.sysroot, "lib").is_dir():
+        return f"{cross.sysroot} is missing (apt-get install {cross.compiler_package})"
+    return None
+
+
+def emulator_name(arch: str) -> str:
+    """The qemu user-mode emulator for `arch`, as named in manifests (e.g. qemu-aarch64)."""
+    return _CROSS[arch].emulator.removesuffix("-static") if arch in _CROSS else f"qemu-{arch}"
 
 
 def _emulator_command(arch: str) -> list[str]:

@@ -106,11 +106,19 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return {"max_abs_error": self.max_abs_error, "max_rel_error": self.max_rel_error,
-                "atol": self.atol, "rtol": self.rtol, "passed": self.passed}
+                "atol": self.atol, "rtol": self.rtol, "peak_rtol": PEAK_RTOL, "passed": self.passed}
+
+
+# Float32 rounding grows with the magnitude of the sums behind an output, not with each element: a
+# detector's box regressors peak at ~1500 and carry 2e-3 of pure reordering error on their near-zero
+# elements (MediaPipe palm detection, unscheduled TVM vs LiteRT). So every element may also be off by
+# this fraction of its output's peak |value| (1e-5 of 1500 = 0.015, still 1000x below a real miscompile).
+PEAK_RTOL = 1e-5
 
 
 def compare(actual: list[np.ndarray], expected: list[np.ndarray], atol: float, rtol: float) -> Comparison:
-    """Elementwise |a - e| <= atol + rtol * |e| over all outputs; relative error is against each output's peak."""
+    """Elementwise |a - e| <= atol + rtol * |e| + PEAK_RTOL * peak|e| over all outputs (peak per output);
+    the relative error reported is against each output's peak."""
     if len(actual) != len(expected):
         return Comparison(float("inf"), float("inf"), False, atol, rtol)
     max_abs = max_rel = 0.0
@@ -121,8 +129,9 @@ def compare(actual: list[np.ndarray], expected: list[np.ndarray], atol: float, r
         a64, e64 = a.astype(np.float64), e.astype(np.float64)
         diff = np.abs(a64 - e64)
         if diff.size:
+            peak = float(np.abs(e64[np.isfinite(e64)]).max(initial=0.0))
             max_abs = max(max_abs, float(diff.max()))
-            max_rel = max(max_rel, float(diff.max() / max(float(np.abs(e64).max()), 1e-12)))
-            ok = ok and bool(np.all(diff <= atol + rtol * np.abs(e64)))
+            max_rel = max(max_rel, float(diff.max() / max(peak, 1e-12)))
+            ok = ok and bool(np.all(diff <= atol + rtol * np.abs(e64) + PEAK_RTOL * peak))
         ok = ok and not bool(np.isnan(a64).any() != np.isnan(e64).any())
     return Comparison(max_abs, max_rel, ok, atol, rtol)

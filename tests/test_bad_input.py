@@ -46,24 +46,21 @@ def test_truncated_tflite(small_tflite, tmp_path):
     assert_nothing_written(out)
 
 
-class _Lstm(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lstm = torch.nn.LSTM(4, 8, batch_first=True)
+class _Det(torch.nn.Module):
+    """ONNX `Det`: an operator TVM 0.27's importer has no converter for (LSTM/GRU the toolkit now converts itself)."""
 
     def forward(self, x):
-        return self.lstm(x)[0]
+        return torch.linalg.det(x)
 
 
 def test_operator_tvm_cannot_import(tmp_path):
-    path = tmp_path / "lstm.onnx"
+    path = tmp_path / "det.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Lstm().eval(), (torch.randn(1, 5, 4),), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(_Det().eval(), (torch.randn(2, 3, 3),), str(path), dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["y"])
     out = tmp_path / "out"
-    line = assert_user_error(run_cli("compile", path, "-o", out), 1, "cannot import", "LSTM (node '")
-    assert "/lstm/LSTM" in line or "LSTM" in line
+    assert_user_error(run_cli("compile", path, "-o", out), 1, "cannot import", "Det (node '")
     assert_nothing_written(out)
 
 
@@ -154,7 +151,9 @@ def test_artifact_for_another_architecture_is_refused(convnet_onnx, tmp_path):
 
 def test_verify_on_a_target_that_cannot_run_here(convnet_onnx, tmp_path):
     out = tmp_path / "out"
-    assert_user_error(run_cli("compile", convnet_onnx, "--target", "rpi4", "--verify", "-o", out), 2, "cannot run here")
+    # armv7: no C++ runner exists for it (no armv7 TVM runtime wheel), so it cannot run here even under qemu
+    assert_user_error(run_cli("compile", convnet_onnx, "--target", "armv7", "--verify", "-o", out), 2, "cannot run here",
+                      "armv7")
     assert_nothing_written(out)
 
 

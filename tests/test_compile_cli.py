@@ -18,7 +18,7 @@ import torch
 from compile import elf_machine
 from conftest import AUTOGLM, assert_nothing_written, have, run_cli
 
-REQUIRED_TARGETS = {"host", "x86-64-avx2", "rpi3", "rpi4", "rpi5", "rk3588", "armv7", "jetson-orin", "nvidia-a100", "nvidia-h100"}
+REQUIRED_TARGETS = {"host", "x86-64-avx2", "x86-64-avx512", "rpi3", "rpi4", "rpi5", "rk3588", "armv7", "jetson-orin", "nvidia-a100", "nvidia-h100"}
 
 
 def _manifest(path: Path) -> dict:
@@ -152,13 +152,23 @@ def test_cross_compile_cpu(convnet_onnx, tmp_path, target, arch):
     pkg = {"aarch64": "aarch64-linux-gnu-g++", "arm": "arm-linux-gnueabihf-g++"}[arch]
     if not have(pkg):
         pytest.skip(f"{pkg} not installed: apt-get install g++-{pkg.removesuffix('-g++')}")
+    from compile.native import emulation_unavailable
+
     out = tmp_path / target
     proc = run_cli("compile", convnet_onnx, "--target", target, "-o", out, check=True)
-    assert "verify:  skipped" in proc.stdout
     assert elf_machine(out / "model.so") == arch
     m = _manifest(out)
     assert m["target"]["arch"] == arch and m["toolchain"]["compiler"] == pkg
-    assert m["verification"]["passed"] is None
+    why_not = emulation_unavailable(arch)
+    if why_not is None:  # verified by default wherever qemu and the C++ runner can run it
+        assert m["verification"]["passed"] is True and m["verification"]["how"].startswith("verified under qemu-aarch64")
+        assert "verified under qemu-aarch64" in proc.stdout
+    else:  # armv7 (no runner), or no qemu: the manifest says why it is unverified
+        assert m["verification"]["passed"] is None and why_not in m["verification"]["skipped"]
+        assert "verify:  skipped" in proc.stdout
+    # --no-verify skips on purpose and says so
+    skipped = run_cli("compile", convnet_onnx, "--target", target, "-o", tmp_path / "nv", "--no-verify", check=True)
+    assert "disabled with --no-verify" in skipped.stdout or why_not is not None
 
 
 def test_cross_compile_jetson_carries_device_binary(convnet_onnx, tmp_path):

@@ -70,13 +70,18 @@ def compile_cmd(
     tgt = targets_mod.load_target(target, targets_dir)
     shapes = parse_shape_overrides(input_shape)
     result = compile_model(model, tgt, output, input_shapes=shapes, verify=verify, seed=seed, atol=atol, rtol=rtol,
-                           tuning_db=tuning_db)
+                           tuning_db=tuning_db, progress=_progress_line)
     _print_summary(result.artifact, result.manifest)
     if tuning_db is not None:
         tun = result.manifest["tuning"]
         console.print(f"  tuning:  {tun['records_applied']} tuned kernels from {tun['database']}")
     if explain:
         _print_explain(result.manifest)
+
+
+def _progress_line(line: str) -> None:
+    """Stage lines go to stderr, so stdout stays the artifact summary."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _print_explain(m: dict[str, Any]) -> None:
@@ -119,7 +124,8 @@ def _print_summary(path: Path, m: dict[str, Any]) -> None:
     if v.get("passed") is None:
         console.print(f"  verify:  skipped ({v.get('skipped')})")
     else:
-        console.print(f"  verify:  {'passed' if v['passed'] else 'FAILED'} against {v['reference']} {v['reference_version']}: "
+        console.print(f"  verify:  {'passed' if v['passed'] else 'FAILED'} against {v['reference']} {v['reference_version']}"
+                      f"{' (' + v['how'] + ')' if v.get('how') else ''}: "
                       f"max abs error {v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}")
     for note in m.get("notes", []):
         console.print(f"  note:    {note}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compile.artifact import SOURCE_TFLITE
 from compile.frontend import sha256_file
 
 from .errors import BenchUsageError
@@ -43,8 +44,8 @@ def resolve_source(artifact: Path, manifest: dict[str, Any], model_file: Path | 
     files = manifest.get("files", {})
     if fmt == "onnx" and "prepared.onnx" in files:
         return ModelSource(artifact / "prepared.onnx", fmt, "prepared.onnx")
-    if model["source_file"] in files:
-        return ModelSource(artifact / model["source_file"], fmt, "artifact-source")
+    if fmt == "tflite" and SOURCE_TFLITE in files:
+        return ModelSource(artifact / SOURCE_TFLITE, fmt, "artifact-source")
     return None
 
 
