@@ -18,6 +18,18 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 AUTOGLM = Path(sys.executable).parent / "autoglm"
 
 
+CORPUS_SIZE = 16     # generated graphs on the host per run (half NHWC TFLite, half NCHW ONNX)
+CORPUS_SEED = 0
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("autoglm")
+    group.addoption("--corpus-size", type=int, default=CORPUS_SIZE,
+                    help=f"graphs in the generated differential corpus (default {CORPUS_SIZE}; a quarter also run "
+                         f"for aarch64 under qemu)")
+    group.addoption("--corpus-seed", type=int, default=CORPUS_SEED, help="seed of the generated corpus")
+
+
 def run_cli(*args: str | os.PathLike, check: bool = False, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the installed `autoglm` console script as a user would."""
     cmd = [str(AUTOGLM) if AUTOGLM.exists() else sys.executable, *([] if AUTOGLM.exists() else ["-m", "toolkit.cli"])]
