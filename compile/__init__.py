@@ -66,11 +66,24 @@ def verification_mode(target: Target) -> tuple[str | None, str]:
     return "qemu", f"under {emulator_name(target.arch)}"
 
 
+def _reference_run(model: ImportedModel, seed: int) -> tuple[ReferenceRuntime, dict[str, Any], list]:
+    """The seeded random inputs and the reference runtime's outputs on them."""
+    inputs = random_inputs(model.inputs, seed)
+    try:
+        ref = ReferenceRuntime.open(model.path, model.format)
+        expected = ref.run(inputs)
+    except AutoglmError:
+        raise
+    except Exception as exc:  # onnxruntime / LiteRT refusing the model: theirs to say, ours to make one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise CompileFailure(f"the reference runtime could not run {model.path.name} ({first}), so the artifact cannot "
+                             f"be verified; compile with --no-verify to skip the check") from None
+    return ref, inputs, expected
+
+
 def verify_library(lib_path: Path, model: ImportedModel, device: str, *, seed: int, atol: float, rtol: float) -> dict[str, Any]:
     """Run the compiled library and the reference runtime on the same random inputs and compare."""
-    inputs = random_inputs(model.inputs, seed)
-    ref = ReferenceRuntime.open(model.path, model.format)
-    expected = ref.run(inputs)
+    ref, inputs, expected = _reference_run(model, seed)
     actual = VMExecutor(lib_path, device).run([inputs[s.name] for s in model.inputs])
     result = compare(actual, expected, atol, rtol)
     return {"reference": ref.name, "reference_version": ref.version, "seed": seed, "how": "verified on this machine",
@@ -81,9 +94,7 @@ def verify_emulated(staged: Path, model: ImportedModel, target: Target, *, seed:
     """Run a staged (complete) artifact under qemu with the C++ runner; compare with the reference run on the host."""
     from .native import emulator_name, run_artifact
 
-    inputs = random_inputs(model.inputs, seed)
-    ref = ReferenceRuntime.open(model.path, model.format)
-    expected = ref.run(inputs)
+    ref, inputs, expected = _reference_run(model, seed)
     run = run_artifact(staged, {s.name: inputs[s.name] for s in model.inputs}, emulate=True, warmup=0, repeat=0,
                        threads=min(2, target.threads))
     actual = [run.outputs[name] for name in run.outputs]

@@ -362,7 +362,7 @@ def run_artifact(
         else:
             for i, (name, array) in enumerate(inputs.items()):
                 path = tmp / f"input{i}.npy"
-                np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+                np.save(path, np.asarray(array, order="C"), allow_pickle=False)
                 cmd += ["--input", f"{name}={path}"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -66,21 +66,39 @@ def test_generated_graph_on_aarch64_under_qemu(graphs, arm_index, tmp_path):
     assert verification["passed"] is True and "qemu-aarch64" in verification["how"], verification
 
 
+def _first_failure(graphs, target, tmp_path):
+    """The first graph (with padding: the only ones the broken rule can hit) whose compile fails verification."""
+    for graph in graphs:
+        if not any(op.startswith("pad") for op in graph.ops):
+            continue
+        try:
+            compile_model(graph.path, target, tmp_path / graph.name)
+        except VerificationError as exc:
+            return graph, exc
+    return None
+
+
 def test_corpus_catches_a_broken_schedule_rule(tmp_path, monkeypatch):
     """Re-introduce the bug MediaPipe models hit (epilogues fused per tile even when they pad the channel axis):
     the corpus must fail. Seed 0's first 24 graphs hold such a kernel; with the real rule they verify."""
     host = targets.load_target("host")
     monkeypatch.setattr(rules, "_pointwise_over", lambda sch, epilogue, out_buf: True)
-    caught = None
-    for graph in corpus(24, 0, tmp_path / "graphs"):
-        if not any(op.startswith("pad") for op in graph.ops):
-            continue  # only graphs with padding can hit this rule; skipping the rest keeps the test short
-        try:
-            compile_model(graph.path, host, tmp_path / graph.name)
-        except VerificationError as exc:
-            caught = (graph, exc)
-            break
+    caught = _first_failure(corpus(24, 0, tmp_path / "graphs"), host, tmp_path)
     assert caught is not None, "no generated graph exposed the broken rule"
     monkeypatch.undo()
     graph = caught[0]
     assert compile_model(graph.path, host, tmp_path / f"{graph.name}-fixed").manifest["verification"]["passed"] is True
+
+
+def test_broken_schedule_refused_under_qemu_for_aarch64(tmp_path, monkeypatch):
+    """`compile --target rpi4` of a model the (broken) schedules get wrong fails under qemu and writes nothing."""
+    for tool, package in ARM_TOOLS:
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found: apt-get install {package}")
+    monkeypatch.setattr(rules, "_pointwise_over", lambda sch, epilogue, out_buf: True)
+    caught = _first_failure(corpus(24, 0, tmp_path / "graphs"), targets.load_target("rpi4"), tmp_path)
+    assert caught is not None, "no generated graph exposed the broken rule under qemu"
+    graph, exc = caught
+    message = str(exc)
+    assert "qemu-aarch64" in message and "max abs error" in message and "max relative error" in message, message
+    assert not (tmp_path / graph.name).exists()

@@ -22,7 +22,7 @@ def profile_library(lib_path: str, inputs: list[np.ndarray], iterations: int = 1
 
     dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
     vm = relax.VirtualMachine(tvm.runtime.load_module(lib_path), dev)
-    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
+    args = [tvm.runtime.tensor(np.asarray(a, order="C"), dev) for a in inputs]
     main = vm["main"]
     main(*args)  # warm-up, uninstrumented
     start = time.perf_counter()

@@ -134,7 +134,7 @@ class RpcBackend:
         load_ms = (time.perf_counter() - start) * 1e3
         order = [spec["name"] for spec in self.manifest["inputs"]]
         start = time.perf_counter()
-        s.vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(self.inputs[n]), s.dev) for n in order])
+        s.vm.set_input("main", *[tvm.runtime.tensor(np.asarray(self.inputs[n], order="C"), s.dev) for n in order])
         s.vm.invoke_stateful("main")
         outs = s.vm.get_outputs("main")
         outs = [outs] if hasattr(outs, "numpy") else list(outs)
