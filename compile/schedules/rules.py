@@ -12,6 +12,20 @@ returns a scheduled `s_tir.Schedule` plus the rule's name, or None when it does 
 - `reduction`: TVM dlight's CPU reduction rule (softmax, layer norm, mean).
 - `elementwise`: injective kernels (transposes, reshapes, GELU, adds, padding): chains inlined,
   outer loops parallel, innermost loop vectorised.
+
+What a rule accepts, checked before it rewrites anything (a kernel outside it is declined, never
+scheduled on a guess; TVM's schedule primitives keep the rest semantics-preserving):
+
+- `conv2d_packed`: 7 loops `n, f, y, x | rc, ry, rx` with the output written at `[n, f, y, x]`
+  (NCHW), a weight that is a function parameter read at exactly `[f, rc, ry, rx]`, `f` a multiple
+  of the vector width (16 -> 8 lanes on AVX-512 when needed), and every epilogue pointwise.
+- `tiled_reduction`: exactly one reduction block (all others spatial), constant loop extents equal
+  to its iterator domains, output indices plain spatial iterators (innermost one vectorised, any
+  layout: NCHW, NHWC, matmul), operand reads of extent 1. Epilogues are fused per register tile
+  only when pointwise over the main output (`_pointwise_over`); otherwise (channel-axis padding,
+  transposes, broadcasts) they run after the whole main block. Padding prologues (`if_then_else`)
+  stay separate stages; stride-2 de-interleaving only on a 4-d padded buffer of even width whose
+  last index is `2 * v + r`.
 """
 
 from __future__ import annotations
