@@ -15,7 +15,8 @@ from typing import Any
 from targets import Target, host_arch
 
 from .artifact import (
-    LIBRARY, MANIFEST, SOURCE_TFLITE, check_artifact, elf_machine, publish, read_manifest, staging_dir, write_manifest,
+    LIBRARY, MANIFEST, SOURCE_TFLITE, check_artifact, check_output_dir, elf_machine, open_artifact, publish,
+    read_manifest, staging_dir, write_manifest,
 )
 from .errors import (
     ArtifactError, AutoglmError, CompileFailure, ModelFormatError, ToolchainError, UnsupportedOperatorError,
@@ -29,8 +30,8 @@ from .reference import ReferenceRuntime, compare, random_inputs
 __all__ = [
     "ArtifactError", "AutoglmError", "CompileFailure", "CompileResult", "ModelFormatError", "TensorSpec",
     "ToolchainError", "UnsupportedOperatorError", "UsageError", "VMExecutor", "VerificationError",
-    "check_artifact", "compile_model", "elf_machine", "load_model", "parse_shape_overrides", "random_inputs",
-    "read_manifest", "LIBRARY", "MANIFEST",
+    "check_artifact", "check_output_dir", "compile_model", "elf_machine", "load_model", "open_artifact",
+    "parse_shape_overrides", "random_inputs", "read_manifest", "LIBRARY", "MANIFEST",
 ]
 
 DEFAULT_ATOL = 1e-4
@@ -127,6 +128,10 @@ def compile_model(
     left at `out_dir` unless every step, verification included, succeeded.
     """
     out_dir = Path(out_dir)
+    check_output_dir(out_dir)  # a bad -o fails before the import, not after the build
+    from .target_check import check_llvm_cpus
+
+    check_llvm_cpus(target)
     if tuning_db is not None:
         from .tuning_db import check_database
 
@@ -208,4 +213,12 @@ def _manifest(model: ImportedModel, target: Target, stats, compiler_line: str, v
         "memory": {"planned_activation_bytes": stats.planned_activation_bytes, "weight_bytes": stats.weight_bytes},
         "verification": verification,
         "notes": model.notes,
+        "index_bounds": _index_bounds(model),
     }
+
+
+def _index_bounds(model: ImportedModel) -> dict[str, list[int]]:
+    """Per integer input that indexes a table (an embedding), the range its values must stay in (checked at run time)."""
+    from .index_bounds import input_index_bounds
+
+    return input_index_bounds(model.mod, [s.name for s in model.inputs])

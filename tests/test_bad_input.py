@@ -127,7 +127,7 @@ def test_run_needs_inputs_or_random(host_artifact):
 
 def test_run_input_file_not_npy(host_artifact, tmp_path):
     (tmp_path / "x.npy").write_text("garbage")
-    assert_user_error(run_cli("run", host_artifact, "--input", f"x={tmp_path / 'x.npy'}"), 2, "not a .npy array")
+    assert_user_error(run_cli("run", host_artifact, "--input", f"x={tmp_path / 'x.npy'}"), 2, "is not a .npy file")
 
 
 def test_tampered_artifact_is_refused(host_artifact, tmp_path):
@@ -138,7 +138,9 @@ def test_tampered_artifact_is_refused(host_artifact, tmp_path):
 
     with pytest.raises(ArtifactError, match="checksum"):
         runtime.load(copy)
-    assert "FAILED" in run_cli("inspect", copy, check=True).stdout
+    inspected = run_cli("inspect", copy)
+    assert "FAILED" in inspected.stdout
+    assert_user_error(inspected, 1, "model.so does not match its checksum")
 
 
 def test_artifact_for_another_architecture_is_refused(convnet_onnx, tmp_path):

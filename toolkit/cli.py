@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -67,8 +68,17 @@ def compile_cmd(
     """Compile a model for a target into an artifact directory (library + manifest), atomically."""
     from compile import compile_model, parse_shape_overrides
 
+    check_seed(seed)
+    check_tolerances(atol, rtol)
+    check_unique("--input-shape", input_shape)
+    if tuning_db is not None and tuning_db.exists() and not tuning_db.is_dir():
+        raise UsageError(f"--tuning-db {tuning_db} is a file; give the tuning database directory that "
+                         f"`autoglm tune --db DIR` wrote")
     tgt = targets_mod.load_target(target, targets_dir)
     shapes = parse_shape_overrides(input_shape)
+    from compile.model_check import check_onnx_external_data
+
+    check_onnx_external_data(model)
     result = compile_model(model, tgt, output, input_shapes=shapes, verify=verify, seed=seed, atol=atol, rtol=rtol,
                            tuning_db=tuning_db, progress=_progress_line)
     _print_summary(result.artifact, result.manifest)
@@ -115,7 +125,10 @@ def _fmt_bytes(n: int) -> str:
 
 def _print_summary(path: Path, m: dict[str, Any]) -> None:
     t, f, mem, v = m["target"], m["fusion"], m["memory"], m["verification"]
-    lib_size = (path / m["library"]).stat().st_size
+    try:
+        lib_size = os.lstat(path / m["library"]).st_size  # lstat: never follow a link out of the artifact
+    except OSError:
+        lib_size = 0
     console.print(f"[bold]{path}[/bold]: {m['model']['name']} ({m['model']['format']}) for {t['name']} ({t['arch']}/{t['device']}), {m['precision']['mode']}")
     console.print("  inputs:  " + ", ".join(f"{s['name']} {s['shape']} {s['dtype']}" for s in m["inputs"]))
     console.print("  outputs: " + ", ".join(f"{s['name']} {s['shape']} {s['dtype']}" for s in m["outputs"]))
@@ -131,20 +144,36 @@ def _print_summary(path: Path, m: dict[str, Any]) -> None:
         console.print(f"  note:    {note}")
 
 
-def _load_npy(spec: str) -> tuple[str, np.ndarray]:
-    name, sep, file = spec.partition("=")
-    if not sep or not name or not file:
-        raise UsageError(f"--input {spec!r} is not NAME=FILE.npy")
-    path = Path(file)
-    if not path.is_file():
-        raise UsageError(f"input file {path} does not exist")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"input file {path} is not a .npy array ({exc})") from None
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        raise UsageError(f"input file {path} is an .npz archive; save each input as its own .npy file")
-    return name, arr
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """Seeds are what numpy accepts: integers from 0 to 2**64 - 1."""
+    if not 0 <= seed < 2**64:
+        raise UsageError(f"{flag} {seed} is out of range; give an integer from 0 to 2**64-1")
+
+
+def check_tolerances(atol: float, rtol: float) -> None:
+    """Tolerances must be finite and >= 0 (a negative or NaN one would fail every comparison after a full compile)."""
+    import math
+
+    for flag, value in (("--atol", atol), ("--rtol", rtol)):
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"{flag} {value} is not a tolerance; give a finite number >= 0, e.g. {flag} 1e-4")
+
+
+def check_unique(flag: str, items: list[str] | None) -> None:
+    """Refuse NAME=... given twice for the same NAME (the last one would silently win)."""
+    seen: set[str] = set()
+    for item in items or []:
+        name = item.partition("=")[0]
+        if name in seen:
+            raise UsageError(f"{flag} is given twice for {name!r}; give each name once")
+        seen.add(name)
+
+
+def _load_input(spec: str) -> tuple[str, np.ndarray]:
+    from toolkit.cli_inputs import parse_input_flag, read_input
+
+    name, path, key = parse_input_flag(spec)
+    return name, read_input(path, key)
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -173,14 +202,24 @@ def run_cmd(
 ) -> None:
     """Run an artifact on this machine and print a summary of its outputs."""
     from compile import random_inputs
+    from compile.artifact import check_output_file
     from toolkit import runtime
 
     if not input and not random:
         raise UsageError("give --input NAME=FILE.npy for each model input, or --random")
     if input and random:
         raise UsageError("give either --input or --random, not both")
+    check_seed(seed)
+    check_unique("--input", input)
+    if output is not None:
+        check_output_file(output, "--output")
     model = runtime.load(artifact)
-    feeds = dict(_load_npy(s) for s in input) if input else random_inputs(list(model.inputs), seed)
+    if input:
+        feeds = dict(_load_input(s) for s in input)
+    else:
+        feeds = random_inputs(list(model.inputs), seed)
+        for name, (lo, hi) in model.manifest.get("index_bounds", {}).items():  # random ids stay inside the table
+            feeds[name] = np.clip(feeds[name], lo, hi).astype(feeds[name].dtype)
     outputs = model.run(feeds)
     console.print(f"[bold]{artifact}[/bold] ({model.manifest['model']['name']} on {model.manifest['target']['name']}):")
     _describe_outputs(outputs)
@@ -195,19 +234,23 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Also print the fusion report.")] = False,
 ) -> None:
-    """Show an artifact's manifest and whether its files match their checksums."""
+    """Show an artifact's manifest and whether its files match their checksums (exit 1 when they do not)."""
     import json
 
     from compile import ArtifactError, check_artifact, read_manifest
 
-    manifest = read_manifest(artifact)
+    manifest = read_manifest(artifact)  # the manifest's own digest and fields: nothing is shown from a bad one
+    failure: ArtifactError | None = None
     try:
         check_artifact(artifact)
-        integrity = "ok: every file matches its sha256"
+        integrity = "ok: every file matches its sha256, as does the manifest, and every path stays inside the artifact"
     except ArtifactError as exc:
+        failure = exc
         integrity = f"FAILED: {exc}"
     if as_json:
         print(json.dumps({**manifest, "integrity": integrity}, indent=2))
+        if failure is not None:
+            raise failure
         return
     _print_summary(artifact, manifest)
     t = manifest["target"]
@@ -219,6 +262,8 @@ def inspect_cmd(
     console.print(f"  files:   {integrity}")
     if explain:
         _print_explain(manifest)
+    if failure is not None:
+        raise failure  # CI can gate on `autoglm inspect`
 
 
 @app.command("export")
@@ -229,10 +274,13 @@ def export_cmd(
     seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
 ) -> None:
     """Export a built-in model, or a member of the search space, to ONNX (checked against onnxruntime)."""
+    from compile.artifact import check_output_file
     from toolkit.export import export_architecture, export_zoo_model
 
     if (name is None) == (arch is None):
         raise UsageError("give either a built-in model name or --arch FILE (an architecture JSON), not both")
+    check_seed(seed)
+    check_output_file(output, "-o")
     path = export_zoo_model(name, output, seed) if arch is None else export_architecture(arch, output, seed)
     console.print(f"wrote {path} ({_fmt_bytes(path.stat().st_size)}), checked against onnxruntime")
 
@@ -273,18 +321,60 @@ def _register_subcommands() -> None:
     register_tune(app)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _interrupt_exit() -> None:
+    """The one line for Ctrl-C / SIGTERM; says whether an artifact had already been published."""
+    import signal
+
+    from compile.artifact import interrupted, published
+
+    signum = interrupted() or signal.SIGINT
+    name = signal.Signals(signum).name
+    if published:
+        print(f"error: interrupted ({name}) after {published[-1]} was written; that artifact is complete", file=sys.stderr)
+    else:
+        print(f"error: interrupted ({name}); nothing was written", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
 def main() -> None:
-    """Console entry point: one line and an exit code for every user-facing error."""
-    _register_subcommands()
+    """Console entry point: one line and an exit code for every user-facing error, the parser's included."""
+    from typer._click import exceptions as click_exc
+
+    from compile.artifact import install_interrupt_handlers, interrupted
+
+    install_interrupt_handlers()  # SIGINT/SIGTERM: clean up staging, and never publish after one
     try:
-        app()
+        _register_subcommands()
+        # standalone_mode=False: the parser's errors come here (one line, not a box) and Ctrl-C is not swallowed
+        rv = app(standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(2)
+    except click_exc.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        print(f"error: {_one_line(exc.format_message()).rstrip('.')}{where}", file=sys.stderr)
+        sys.exit(2)
+    except click_exc.ClickException as exc:
+        print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
+        sys.exit(exc.exit_code or 1)
     except (AutoglmError, targets_mod.TargetError) as exc:
+        if interrupted() and getattr(exc, "exit_code", 1) != 130:  # 130: the error is the interrupt's own message
+            _interrupt_exit()
+        if interrupted():
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            sys.exit(128 + interrupted())
         code = 2 if isinstance(exc, (UsageError, targets_mod.TargetError)) else getattr(exc, "exit_code", 1)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(code)
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
+    except (KeyboardInterrupt, typer.Abort):
+        _interrupt_exit()
+    if interrupted():  # typer turns KeyboardInterrupt into exit code 130; say why, once
+        _interrupt_exit()
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compile import ArtifactError, TensorSpec, UsageError, VMExecutor, check_artifact
+from compile import ArtifactError, TensorSpec, UsageError, VMExecutor, open_artifact
 from targets import host_arch
 
 
@@ -26,6 +26,7 @@ class _Version:
     manifest: dict[str, Any]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    index_bounds: dict[str, tuple[int, int]]
     base: VMExecutor
     local: threading.local
 
@@ -38,22 +39,26 @@ class _Version:
 
 
 def _open(path: str | Path) -> _Version:
+    """Check the artifact (compile.artifact.open_artifact), then load the very library that was checked."""
     path = Path(path)
-    manifest = check_artifact(path, for_arch=host_arch())
-    device = manifest["target"]["device"]
-    if device == "cuda":
-        import tvm
+    with open_artifact(path, for_arch=host_arch()) as verified:
+        manifest = verified.manifest
+        device = manifest["target"]["device"]
+        if device == "cuda":
+            import tvm
 
-        if not tvm.cuda(0).exist:
-            raise ArtifactError(f"{path} is built for an NVIDIA GPU and this machine has none: run it on the target device")
+            if not tvm.cuda(0).exist:
+                raise ArtifactError(f"{path} is built for an NVIDIA GPU and this machine has none: run it on the target device")
+        lib = verified.load_library()
     try:
-        base = VMExecutor(path / manifest["library"], device)
+        base = VMExecutor(device=device, lib=lib)
     except Exception as exc:
         raise ArtifactError(f"cannot load {path / manifest['library']}: {str(exc).strip().splitlines()[-1]}") from None
     return _Version(
         path=path, manifest=manifest,
         inputs=tuple(TensorSpec.from_json(s) for s in manifest["inputs"]),
         outputs=tuple(TensorSpec.from_json(s) for s in manifest["outputs"]),
+        index_bounds={name: (lo, hi) for name, (lo, hi) in manifest.get("index_bounds", {}).items()},
         base=base, local=threading.local(),
     )
 
@@ -84,7 +89,7 @@ class Model:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once on named inputs; returns named outputs. Wrong names, shapes or dtypes raise UsageError."""
         version = self._version  # one read: a concurrent swap never mixes versions within a request
-        args = validate_inputs(version.inputs, inputs)
+        args = validate_inputs(version.inputs, inputs, version.index_bounds)
         outs = version.executor().run(args)
         return {spec.name: arr for spec, arr in zip(version.outputs, outs)}
 
@@ -111,8 +116,9 @@ def _sig(v: _Version) -> str:
     return f"({fmt(v.inputs)}) -> ({fmt(v.outputs)})"
 
 
-def validate_inputs(specs: tuple[TensorSpec, ...] | list[TensorSpec], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The inputs in model order, after checking names, shapes and dtypes."""
+def validate_inputs(specs: tuple[TensorSpec, ...] | list[TensorSpec], inputs: dict[str, np.ndarray],
+                    index_bounds: dict[str, tuple[int, int]] | None = None) -> list[np.ndarray]:
+    """The inputs in model order, after checking names, shapes, dtypes and (for inputs that index a table) values."""
     names = [s.name for s in specs]
     unknown = sorted(set(inputs) - set(names))
     if unknown:
@@ -127,6 +133,8 @@ def validate_inputs(specs: tuple[TensorSpec, ...] | list[TensorSpec], inputs: di
             raise UsageError(f"input {s.name!r} has shape {list(arr.shape)} but the model expects {list(s.shape)}")
         if arr.dtype != np.dtype(s.dtype):
             raise UsageError(f"input {s.name!r} has dtype {arr.dtype} but the model expects {s.dtype}")
+        if index_bounds and s.name in index_bounds and arr.size:
+            check_index_range(s.name, arr, *index_bounds[s.name])
         out.append(arr)
     return out
 
@@ -134,3 +142,13 @@ def validate_inputs(specs: tuple[TensorSpec, ...] | list[TensorSpec], inputs: di
 def load(path: str | Path) -> Model:
     """Load an artifact directory after checking its checksums and architecture."""
     return Model(_open(path))
+
+
+def check_index_range(name: str, arr: np.ndarray, lo: int, hi: int) -> None:
+    """Refuse values of an input that indexes a table outside [lo, hi] (TVM's gather would read past the table)."""
+    low, high = int(arr.min()), int(arr.max())
+    if low < lo or high > hi:
+        bad = low if low < lo else high
+        where = tuple(int(i) for i in np.argwhere(arr == bad)[0])
+        raise UsageError(f"input {name!r} holds {bad} at {list(where)}, outside [{lo}, {hi}]: it indexes a table of "
+                         f"{hi + 1} entries (e.g. token ids of an embedding); pass values in that range")

@@ -58,6 +58,8 @@ class JsonParser {
         SkipSpace();
         if (pos_ >= s_.size() || s_[pos_] != ':') Fail("expected ':'");
         ++pos_;
+        // A repeated key could mean one thing to this reader and another to Python's: refuse it.
+        if (v.object_.count(key) != 0) Fail("duplicate key \"" + key + "\"");
         v.object_[key] = ParseValue(depth + 1);
         SkipSpace();
         if (pos_ < s_.size() && s_[pos_] == ',') {

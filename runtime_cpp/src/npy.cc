@@ -78,12 +78,31 @@ HostTensor ReadNpy(const std::string& path) {
     throw Error(path + ": Fortran-ordered arrays are not supported; save np.ascontiguousarray(a)");
   }
   std::string shape_text = HeaderField(header, "shape", path);
+  if (shape_text.size() < 2 || shape_text.front() != '(' || shape_text.back() != ')') {
+    throw Error(path + ": malformed shape in .npy header");
+  }
   std::vector<int64_t> shape;
   std::stringstream ss(shape_text.substr(1, shape_text.size() - 2));
   std::string item;
+  uint64_t elements = 1;
   while (std::getline(ss, item, ',')) {
-    if (item.find_first_not_of(' ') == std::string::npos) continue;
-    shape.push_back(std::stoll(item));
+    size_t a = item.find_first_not_of(' '), b = item.find_last_not_of(' ');
+    if (a == std::string::npos) continue;
+    item = item.substr(a, b - a + 1);
+    if (item.size() > 12 || item.find_first_not_of("0123456789") != std::string::npos || shape.size() >= 32) {
+      throw Error(path + ": bad dimension '" + item + "' in the .npy header's shape");
+    }
+    const int64_t d = std::stoll(item);
+    shape.push_back(d);
+    elements = d == 0 ? 0 : (elements > (uint64_t(1) << 40) / uint64_t(d) ? (uint64_t(1) << 41) : elements * uint64_t(d));
+  }
+  // Compare with the bytes the file really holds before allocating anything.
+  const std::streampos data_start = in.tellg();
+  in.seekg(0, std::ios::end);
+  const uint64_t available = uint64_t(in.tellg() - data_start);
+  in.seekg(data_start);
+  if (elements > (uint64_t(1) << 40) || elements * DTypeSize(dt->second) > available) {
+    throw Error(path + ": file holds fewer bytes than its shape and dtype need");
   }
 
   HostTensor t(dt->second, shape);

@@ -3,7 +3,9 @@
 //   autoglm-runner ARTIFACT_DIR [--input NAME=file.npy ...|--random SEED] [--output-dir DIR]
 //                  [--warmup N] [--repeat N] [--threads N] [--json]
 //
-// Exit status: 0 ok, 2 bad usage (unknown flag, missing --input), 3 bad manifest, 4 checksum mismatch,
+// Exit status: 0 ok, 2 bad usage (unknown flag, missing --input, an input of the wrong shape or dtype or
+// with an index outside the model's table), 3 bad manifest (a missing or wrong-typed field, a path
+// outside the artifact), 4 checksum mismatch (a file, the manifest, a symbolic link in the artifact),
 // 5 artifact for another architecture/device, 1 any other failure.
 #include <chrono>
 #include <cstdint>
@@ -297,6 +299,8 @@ int main(int argc, char** argv) {
   try {
     return Main(args);
   } catch (const UsageError& e) {
+    return Fail(json, "UsageError", e.what(), 2);
+  } catch (const autoglm::InputError& e) {
     return Fail(json, "UsageError", e.what(), 2);
   } catch (const autoglm::ManifestError& e) {
     return Fail(json, "ManifestError", e.what(), 3);

@@ -1,8 +1,12 @@
 // Open-AutoGLM Edge C++ runtime: load a compiled artifact directory and run it, no Python.
 //
-// An artifact directory holds `manifest.json` and the TVM Relax VM library it names (`model.so`).
-// Opening one checks the sha256 of every file the manifest lists before the library is opened,
-// and refuses an artifact built for another CPU architecture.
+// An artifact directory holds `manifest.json`, its digest `manifest.json.sha256`, and the TVM
+// Relax VM library it names (`model.so`). An artifact is untrusted input: opening one checks the
+// manifest against its digest and its fields, that every file it names lies inside the directory
+// (no absolute path, no `..`, no symbolic link), the sha256 of every file, and the library's ELF
+// header against this runtime's architecture, all before the library is opened; the library is
+// then loaded from the descriptor that was checked. Inputs that index a table (token ids of an
+// embedding) are checked against the range recorded in the manifest before every run.
 //
 // This header needs only the C++17 standard library; TVM stays an implementation detail
 // (link with autoglm_runtime, libtvm_runtime.so and libtvm_ffi.so).
@@ -38,6 +42,11 @@ class ChecksumError : public Error {
 };
 /*! \brief The artifact was built for another architecture or device than this runtime. */
 class ArchMismatchError : public Error {
+ public:
+  using Error::Error;
+};
+/*! \brief An input has the wrong shape or dtype, or a value outside the range the model can index. */
+class InputError : public Error {
  public:
   using Error::Error;
 };
