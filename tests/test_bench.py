@@ -157,18 +157,21 @@ def test_original_model_file_as_baseline(host_artifact, convnet_onnx, transforme
     assert_user_error(bad, 2, "--model-file", "not the model")
 
 
-def test_tflite_artifact_needs_its_model_file_for_litert(small_tflite, tmp_path):
+def test_tflite_artifact_carries_its_model_for_litert(small_tflite, tmp_path):
+    """A TFLite artifact ships source.tflite: the LiteRT baseline and the output check need no --model-file,
+    and the artifact's copy must really be the model (an edited copy is refused by the checksums)."""
     art = tmp_path / "cnn-host"
     run_cli("compile", small_tflite, "-o", art, check=True)
+    assert (art / "source.tflite").read_bytes() == small_tflite.read_bytes()
     db = tmp_path / "r.sqlite"
-    proc = run_cli("bench", art, "--baseline", "litert", "--db", db)
-    assert_user_error(proc, 2, "litert", "--model-file small_cnn.tflite")
-    assert not db.exists() or not _runs(db)
-    proc = run_cli("bench", art, "--baseline", "litert", "--model-file", small_tflite, "-t", "1", *FAST, "--json", "-",
-                   "--db", db, check=True)
+    proc = run_cli("bench", art, "--baseline", "litert", "-t", "1", *FAST, "--json", "-", "--db", db, check=True)
     doc = json.loads(proc.stdout)
     _validate(doc)
     assert [r["runtime"] for r in doc["results"]] == ["autoglm-cpp", "litert"] and doc["correctness"]["outputs_match"]
+    assert doc["baseline"]["model_origin"] == "artifact-source"
+    proc = run_cli("bench", art, "--baseline", "litert", "--model-file", small_tflite, "-t", "1", *FAST, "--json", "-",
+                   "--db", db, check=True)
+    assert json.loads(proc.stdout)["baseline"]["model_origin"] == "model-file"
 
 
 @pytest.mark.parametrize("args, code, fragment", [

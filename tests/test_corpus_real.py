@@ -140,6 +140,32 @@ def test_real_model_compiles_for_host_and_matches_reference(model: CorpusModel, 
         assert {i["name"]: tuple(i["shape"]) for i in m["inputs"]} == model.input_shapes
 
 
+# Real models also built for a Raspberry Pi 4 and verified under qemu-aarch64 by compile itself: one NHWC
+# float16-weight TFLite vision model with channel padding and PReLU, one PaddlePaddle OCR net, the LSTM.
+AARCH64_SUBSET = ["mediapipe-face-detection-short", "ppocr-mobile-v2-cls", "silero-vad-16k-lstm"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", AARCH64_SUBSET)
+def test_real_model_verified_under_qemu_for_aarch64(name: str, tmp_path):
+    import shutil
+
+    for tool, package in (("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"), ("qemu-aarch64-static", "qemu-user-static"),
+                          ("cmake", "cmake")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found: apt-get install {package}")
+    model = BY_NAME[name]
+    path = corpus_file(model)
+    try:
+        result = compile_model(path, targets.load_target("rpi4"), tmp_path / "artifact",
+                               input_shapes=model.input_shapes or None, atol=model.atol, rtol=model.rtol)
+    except AutoglmError as exc:
+        pytest.fail(f"{model.name} for rpi4 ({model.description}): {type(exc).__name__}: {exc}")
+    v = result.manifest["verification"]
+    assert v["passed"] is True and v["how"].startswith("verified under qemu-aarch64"), v
+    assert result.manifest["target"]["arch"] == "aarch64"
+
+
 def test_real_model_through_the_cli(tmp_path):
     """Silero VAD (conv front end + LSTM, two inputs, two outputs) through `autoglm compile` and `autoglm run`."""
     model = BY_NAME["silero-vad-16k-lstm"]
