@@ -259,7 +259,7 @@ class LSTM(_Recurrent):
     @classmethod
     def _run(cls, p, d, xw, rt, bias_r, order):
         relax = _relax()
-        hidden, dtype, clip = p["hidden"], p["dtype"], p["clip"]
+        dtype, clip = p["dtype"], p["clip"]
         f_act, g_act, h_act = p["acts"][d]
         h, c = p["state"](5)[d], p["state"](6)[d]
         peep = p["peepholes"][d]

@@ -301,7 +301,7 @@ def test_constant_if_is_folded_before_import(host, tmp_path):
 
 def test_inlining_a_constant_if_keeps_the_results(tmp_path):
     """The toolkit's own inliner (used where onnxslim leaves a constant If) gives onnxruntime's results."""
-    from compile.frontend import _inline_constant_ifs
+    from compile.onnx_simplify import _inline_constant_ifs
 
     path = constant_if_model(tmp_path / "cif.onnx")
     model = onnx.load(str(path))
