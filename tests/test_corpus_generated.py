@@ -15,9 +15,10 @@ import pytest
 
 import targets
 from compile import VerificationError, compile_model
-from compile.schedules import rules
+from compile.schedules import cpu_config, rules
 
 from corpus.generated import corpus
+from corpus.kernels import scheduled_kernels_mismatch
 
 ARM_TOOLS = (("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"), ("qemu-aarch64-static", "qemu-user-static"),
              ("cmake", "cmake"))
@@ -58,6 +59,24 @@ def test_generated_graph_on_host(graphs, host_index, tmp_path):
     assert verification["passed"] is True, verification
 
 
+# Every CPU ISA the schedules size for, by the target that selects it.
+ISA_TARGETS = {"x86-avx2": "x86-64-avx2", "x86-avx512": "x86-64-avx512", "aarch64-neon": "rpi4", "armv7-neon": "armv7"}
+
+
+@pytest.mark.parametrize("isa", list(ISA_TARGETS))
+def test_generated_kernels_scheduled_for_each_isa_match_unscheduled(graphs, isa):
+    """The schedules built for each ISA (AVX-512 on an AVX2 host, and the reverse) compute what the
+    unscheduled kernels compute: kernel by kernel, run on this CPU (see tests/corpus/kernels.py)."""
+    cfg = cpu_config(targets.load_target(ISA_TARGETS[isa]))
+    assert cfg.isa == isa
+    checked = 0
+    for graph in graphs[:8]:
+        n, bad = scheduled_kernels_mismatch(graph.path, cfg)
+        assert not bad, (graph.describe(), bad)
+        checked += n
+    assert checked >= 8, checked
+
+
 def test_generated_graph_on_aarch64_under_qemu(graphs, arm_index, tmp_path):
     for tool, package in ARM_TOOLS:
         if shutil.which(tool) is None:
@@ -85,8 +104,12 @@ def test_corpus_catches_a_broken_schedule_rule(tmp_path, monkeypatch):
     monkeypatch.setattr(rules, "_pointwise_over", lambda sch, epilogue, out_buf: True)
     caught = _first_failure(corpus(24, 0, tmp_path / "graphs"), host, tmp_path)
     assert caught is not None, "no generated graph exposed the broken rule"
-    monkeypatch.undo()
     graph = caught[0]
+    # The kernel-level check catches it too, with the schedules sized for every other ISA.
+    for isa, target_name in ISA_TARGETS.items():
+        _, bad = scheduled_kernels_mismatch(graph.path, cpu_config(targets.load_target(target_name)))
+        assert bad, f"the kernel check missed the broken rule for {isa} on {graph.describe()}"
+    monkeypatch.undo()
     assert compile_model(graph.path, host, tmp_path / f"{graph.name}-fixed").manifest["verification"]["passed"] is True
 
 
