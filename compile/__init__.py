@@ -124,7 +124,7 @@ def compile_model(
     manifest (`compile_seconds`).
 
     `verify=None` verifies wherever the artifact can run here: natively for this machine's architecture
-    (when the CPU has the target's features), under qemu with the C++ runner for aarch64. Nothing is
+    (when the CPU has the target's features), under qemu with the C++ runner for aarch64 and armv7. Nothing is
     left at `out_dir` unless every step, verification included, succeeded.
     """
     out_dir = Path(out_dir)

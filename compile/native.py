@@ -1,9 +1,14 @@
-"""Build the C++ runtime (runtime_cpp/) for the host or aarch64, and run artifacts with its runner.
+"""Build the C++ runtime (runtime_cpp/) for the host, aarch64 or armv7, and run artifacts with its runner.
 
 `build_runtime` configures and builds `runtime_cpp` with CMake into a cache directory keyed by the
 architecture and a hash of the sources, reusing a finished build. `run_artifact` runs
-`autoglm-runner` on an artifact, natively or, for aarch64 artifacts on an x86_64 machine, under
-`qemu-aarch64-static`, and returns the outputs and timings it reported.
+`autoglm-runner` on an artifact, natively or, for aarch64 and armv7 artifacts on an x86_64 machine,
+under `qemu-aarch64-static` / `qemu-arm-static`, and returns the outputs and timings it reported.
+
+The runner links the TVM runtime libraries of its architecture: the host's come from the installed
+wheels, aarch64's from the aarch64 wheels on PyPI, and armv7's (no wheel exists) are built once from
+the C++ sources the installed wheels ship (runtime_cpp/tvm_from_wheel); both are cached under
+`<cache>/tvm-libs/`.
 
 A finished build directory holds:
 
@@ -37,15 +42,16 @@ from .errors import AutoglmError
 from targets import host_arch
 
 __all__ = [
-    "BUILD_ARCHES", "NativeRunResult", "NativeRuntimeError", "RUNNER", "build_runtime", "cache_root", "run_artifact",
-    "runner_path",
+    "BUILD_ARCHES", "NativeRunResult", "NativeRuntimeError", "RUNNER", "build_runtime", "cache_root",
+    "emulation_unavailable", "emulator_hint", "emulator_name", "run_artifact", "runner_path",
 ]
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "runtime_cpp"
 RUNNER = "autoglm-runner"
 TVM_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
 TVM_OPTIONAL_LIBS = ("libtvm_runtime_cuda.so",)
-BUILD_ARCHES = ("x86_64", "aarch64")
+BUILD_ARCHES = ("x86_64", "aarch64", "arm")
+TVM_FROM_WHEEL_DIR = SOURCE_DIR / "tvm_from_wheel"  # CMake project: the TVM runtime from the wheels' sources
 BUILD_JOBS = 2
 _STAMP = ".autoglm-build.json"
 
@@ -70,7 +76,7 @@ class _Cross:
     compiler: str
     compiler_package: str
     toolchain_file: str
-    wheel_platform: str
+    wheel_platform: str | None  # None: no TVM wheel for this architecture, build the libraries from source
     emulator: str
     sysroot: str
 
@@ -79,6 +85,8 @@ class _Cross:
 _CROSS = {
     "aarch64": _Cross("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "aarch64-linux-gnu.cmake",
                       "manylinux_2_28_aarch64", "qemu-aarch64-static", "/usr/aarch64-linux-gnu"),
+    "arm": _Cross("arm-linux-gnueabihf-g++", "g++-arm-linux-gnueabihf", "arm-linux-gnueabihf.cmake",
+                  None, "qemu-arm-static", "/usr/arm-linux-gnueabihf"),
 }
 
 
@@ -118,10 +126,6 @@ def _require_tool(name: str, package: str) -> str:
 def _check_arch(arch: str) -> None:
     if arch in BUILD_ARCHES and (arch == host_arch() or arch in _CROSS):
         return
-    if arch == "arm":
-        raise NativeRuntimeError(
-            "the runner cannot be built for arm (armv7): no armv7 TVM runtime wheel exists; runtime_cpp compiles for "
-            "armv7 with -DAUTOGLM_BUILD_TOOLS=OFF (library only, see runtime_cpp/README.md)", "BuildError")
     raise NativeRuntimeError(f"cannot build the runtime for {arch!r} on this {host_arch()} machine; "
                              f"choose one of {', '.join(a for a in BUILD_ARCHES if a == host_arch() or a in _CROSS)}",
                              "BuildError")
@@ -138,16 +142,25 @@ def _package_dir(module: str) -> Path:
     return Path(spec.origin).parent
 
 
-def _source_hash(arch: str, compiler: str) -> str:
+def _source_hash(arch: str, compiler: str, source_dir: Path = SOURCE_DIR) -> str:
     """Hash of everything that changes the build: sources, TVM versions, compiler."""
     h = hashlib.sha256()
-    for path in sorted(SOURCE_DIR.rglob("*")):
+    for path in sorted(source_dir.rglob("*")):
         if path.is_file() and path.suffix != ".md" and "__pycache__" not in path.parts:
-            h.update(path.relative_to(SOURCE_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+            h.update(path.relative_to(source_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     h.update(f"{arch}\0{_tvm_versions()}\0".encode())
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     h.update("".join(version).encode())
     return h.hexdigest()[:16]
+
+
+def _run_steps(steps: list[list[str]], what: str) -> None:
+    """Run build commands in order; the first that fails raises with the tail of its output."""
+    for step in steps:
+        proc = subprocess.run(step, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+            raise NativeRuntimeError(f"building {what} failed at `{' '.join(step[:3])}`:\n{tail}", "BuildError")
 
 
 def _publish_dir(tmp: Path, final: Path) -> None:
@@ -160,9 +173,72 @@ def _publish_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _cross_tvm_libs(arch: str) -> Path:
-    """Directory with the TVM runtime libraries for `arch`, extracted from the PyPI wheels (cached)."""
+def _built_recipe(libs: Path) -> str | None:
+    """The recipe stamped in a finished directory of built TVM libraries, or None."""
+    try:
+        if all((libs / name).is_file() for name in TVM_LIBS):
+            return json.loads((libs / _STAMP).read_text()).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        pass  # no stamp or a damaged one: not finished
+    return None
+
+
+def _built_tvm_libs(arch: str, *, jobs: int = BUILD_JOBS) -> Path:
+    """Directory with libtvm_ffi.so and libtvm_runtime.so for `arch`, built from the installed wheels' sources.
+
+    For architectures with no TVM wheel (armv7). Built once into a temporary sibling and renamed into
+    place; the stamp inside names the recipe (runtime_cpp/tvm_from_wheel, TVM versions, compiler), and
+    a directory left by another recipe is rebuilt.
+    """
     cross = _CROSS[arch]
+    compiler = _require_tool(cross.compiler, cross.compiler_package)
+    _require_tool("cmake", "cmake")
+    tvm_version, ffi_version = _tvm_versions()
+    libs = cache_root() / "tvm-libs" / f"{arch}-tvm{tvm_version}-ffi{ffi_version}"
+    recipe = _source_hash(arch, compiler, TVM_FROM_WHEEL_DIR)
+    if _built_recipe(libs) == recipe:
+        return libs
+    tvm_dir, ffi_dir = _package_dir("tvm"), _package_dir("tvm_ffi")
+    for needed in (ffi_dir / "src" / "ffi", tvm_dir / "src" / "runtime"):
+        if not needed.is_dir():
+            raise NativeRuntimeError(f"{needed} is missing: the installed apache-tvm / apache-tvm-ffi wheels ship no C++ "
+                                     f"sources, so the {arch} TVM runtime cannot be built from them", "BuildError")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{libs.name}.partial-", dir=libs.parent))
+    try:
+        cmake_build = tmp / "cmake-build"
+        _run_steps([
+            ["cmake", "-S", str(TVM_FROM_WHEEL_DIR), "-B", str(cmake_build), "-DCMAKE_BUILD_TYPE=Release",
+             f"-DCMAKE_TOOLCHAIN_FILE={SOURCE_DIR / 'cmake' / cross.toolchain_file}", f"-DCMAKE_CXX_COMPILER={compiler}",
+             f"-DTVM_FFI_PACKAGE_DIR={ffi_dir}", f"-DTVM_PACKAGE_DIR={tvm_dir}"],
+            ["cmake", "--build", str(cmake_build), "-j", str(jobs)],
+        ], f"the {arch} TVM runtime from the wheels' sources")
+        for name in TVM_LIBS:
+            shutil.copy2(cmake_build / "lib" / name, tmp / name)
+        shutil.rmtree(cmake_build)
+        (tmp / _STAMP).write_text(json.dumps({"arch": arch, "recipe": recipe, "compiler": compiler,
+                                              "tvm": [tvm_version, ffi_version]}) + "\n")
+        os.chmod(tmp, 0o755)
+        if libs.exists() and _built_recipe(libs) != recipe:
+            # Another recipe's (or an unfinished) directory: move it aside so the rename below can land.
+            # One with this recipe was published by a concurrent build: _publish_dir keeps it.
+            stale = Path(tempfile.mkdtemp(prefix=f".{libs.name}.stale-", dir=libs.parent))
+            try:
+                libs.rename(stale / "libs")
+            except OSError:
+                pass  # another process moved it first
+            shutil.rmtree(stale, ignore_errors=True)
+        _publish_dir(tmp, libs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return libs
+
+
+def _cross_tvm_libs(arch: str, *, jobs: int = BUILD_JOBS) -> Path:
+    """Directory with the TVM runtime libraries for `arch`: from the PyPI wheels, or built from source (cached)."""
+    cross = _CROSS[arch]
+    if cross.wheel_platform is None:
+        return _built_tvm_libs(arch, jobs=jobs)
     tvm_version, ffi_version = _tvm_versions()
     libs = cache_root() / "tvm-libs" / f"{arch}-tvm{tvm_version}-ffi{ffi_version}"
     if all((libs / name).is_file() for name in TVM_LIBS):
@@ -201,10 +277,11 @@ def _cross_tvm_libs(arch: str) -> Path:
 
 
 def build_runtime(arch: str | None = None, build_dir: Path | None = None, *, jobs: int = BUILD_JOBS) -> Path:
-    """Build runtime_cpp for `arch` ("x86_64" or "aarch64"; default: this machine's) and return its directory.
+    """Build runtime_cpp for `arch` ("x86_64", "aarch64" or "arm"; default: this machine's) and return its directory.
 
     The default directory is `<cache>/runtime/<arch>-<hash of sources>`; a finished build there is reused.
-    The build runs in a temporary sibling that is renamed into place only when it succeeded.
+    The build runs in a temporary sibling that is renamed into place only when it succeeded. For arm the
+    first build also compiles the TVM runtime libraries (cached apart, see `_built_tvm_libs`).
     """
     arch = arch or host_arch()
     _check_arch(arch)
@@ -220,7 +297,7 @@ def build_runtime(arch: str | None = None, build_dir: Path | None = None, *, job
 
     ffi_dir = _package_dir("tvm_ffi")
     if cross:
-        lib_dir = _cross_tvm_libs(arch)
+        lib_dir = _cross_tvm_libs(arch, jobs=jobs)
         runtime_lib, ffi_lib = lib_dir / "libtvm_runtime.so", lib_dir / "libtvm_ffi.so"
         cuda_lib = lib_dir / "libtvm_runtime_cuda.so"
     else:
@@ -237,14 +314,8 @@ def build_runtime(arch: str | None = None, build_dir: Path | None = None, *, job
                      f"-DTVM_RUNTIME_CUDA_LIB={cuda_lib if cuda_lib.is_file() else ''}"]
         if cross:
             configure.append(f"-DCMAKE_TOOLCHAIN_FILE={SOURCE_DIR / 'cmake' / cross.toolchain_file}")
-        steps = [configure, ["cmake", "--build", str(cmake_build), "-j", str(jobs)],
-                 ["cmake", "--install", str(cmake_build), "--prefix", str(tmp)]]
-        for step in steps:
-            proc = subprocess.run(step, capture_output=True, text=True)
-            if proc.returncode != 0:
-                tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-                raise NativeRuntimeError(f"building the C++ runtime for {arch} failed at `{' '.join(step[:3])}`:\n{tail}",
-                                         "BuildError")
+        _run_steps([configure, ["cmake", "--build", str(cmake_build), "-j", str(jobs)],
+                    ["cmake", "--install", str(cmake_build), "--prefix", str(tmp)]], f"the C++ runtime for {arch}")
         shutil.rmtree(cmake_build)
         (tmp / _STAMP).write_text(json.dumps({"arch": arch, "compiler": compiler, "tvm": _tvm_versions()}) + "\n")
         os.chmod(tmp, 0o755)
@@ -261,8 +332,6 @@ def emulation_unavailable(arch: str) -> str | None:
     """Why artifacts for `arch` cannot be run under qemu with the C++ runner here, or None when they can."""
     if arch == host_arch():
         return None
-    if arch == "arm":
-        return "no C++ runner for armv7 (no armv7 TVM runtime wheel exists), so armv7 artifacts cannot run under qemu here"
     cross = _CROSS.get(arch)
     if cross is None:
         return f"artifacts for {arch} cannot be emulated on this {host_arch()} machine"
@@ -275,8 +344,14 @@ def emulation_unavailable(arch: str) -> str | None:
 
 
 def emulator_name(arch: str) -> str:
-    """The qemu user-mode emulator for `arch`, as named in manifests (e.g. qemu-aarch64)."""
+    """The qemu user-mode emulator for `arch`, as named in manifests (e.g. qemu-aarch64, qemu-arm)."""
     return _CROSS[arch].emulator.removesuffix("-static") if arch in _CROSS else f"qemu-{arch}"
+
+
+def emulator_hint(arch: str) -> str:
+    """How to run a program built for `arch` here, for messages: e.g. `qemu-arm-static -L /usr/arm-linux-gnueabihf`."""
+    cross = _CROSS.get(arch)
+    return f"{cross.emulator} -L {cross.sysroot}" if cross else f"qemu-{arch}-static"
 
 
 def _emulator_command(arch: str) -> list[str]:
@@ -324,9 +399,9 @@ def run_artifact(
     """Run an artifact with the C++ runner and return its outputs and timings.
 
     `inputs` maps every input name to an array; None feeds the runner's own random inputs from
-    `seed`. Artifacts for this machine's architecture run natively; aarch64 artifacts need
-    `emulate=True` on an x86_64 machine and run under qemu-aarch64-static. `repeat=0` runs once,
-    untimed. `threads` sizes TVM's CPU thread pool (None: TVM's default). `runtime_dir` is a
+    `seed`. Artifacts for this machine's architecture run natively; aarch64 and arm (armv7) artifacts
+    need `emulate=True` on an x86_64 machine and run under qemu-aarch64-static / qemu-arm-static.
+    `repeat=0` runs once, untimed. `threads` sizes TVM's CPU thread pool (None: TVM's default). `runtime_dir` is a
     build from `build_runtime` for the artifact's architecture
     (default: build or reuse the cached one). The runner verifies checksums and architecture itself.
     """

@@ -10,7 +10,7 @@ import typer
 import targets as targets_mod
 
 runtime_app = typer.Typer(
-    help="The C++ runtime: autoglm-runner, the classify example and libautoglm_runtime, for the host or aarch64.",
+    help="The C++ runtime: autoglm-runner, the classify example and libautoglm_runtime, for the host, aarch64 or armv7.",
     no_args_is_help=True,
 )
 
@@ -28,7 +28,7 @@ def resolve_arch(target: str, targets_dir: Path | None = None) -> str:
 
 @runtime_app.command("build")
 def build_cmd(
-    target: Annotated[str, typer.Option("--target", "-t", help="host, x86_64, aarch64, or a target name (rpi4, rk3588, ...).")] = "host",
+    target: Annotated[str, typer.Option("--target", "-t", help="host, x86_64, aarch64, arm, or a target name (rpi4, armv7, ...).")] = "host",
     build_dir: Annotated[Optional[Path], typer.Option("--build-dir", help="Build here instead of the cache (~/.cache/autoglm/runtime).")] = None,
     targets_dir: Annotated[Optional[Path], typer.Option("--targets-dir", help="Extra directory of target TOML files.")] = None,
 ) -> None:
@@ -44,6 +44,6 @@ def build_cmd(
     print(f"  library: {path / 'lib' / 'libautoglm_runtime.a'} (header {path / 'include' / 'autoglm' / 'runtime.h'})")
     print(f"  copy {path / 'bin'} to the device as it is: the TVM libraries sit beside the runner")
     if arch != targets_mod.host_arch():
-        print(f"  run it here: qemu-{arch}-static -L /usr/{arch}-linux-gnu {runner} ARTIFACT_DIR --json")
+        print(f"  run it here: {native.emulator_hint(arch)} {runner} ARTIFACT_DIR --json")
     else:
         print(f"  run it: {runner} ARTIFACT_DIR --json")
