@@ -152,7 +152,7 @@ def test_cross_compile_cpu(convnet_onnx, tmp_path, target, arch):
     pkg = {"aarch64": "aarch64-linux-gnu-g++", "arm": "arm-linux-gnueabihf-g++"}[arch]
     if not have(pkg):
         pytest.skip(f"{pkg} not installed: apt-get install g++-{pkg.removesuffix('-g++')}")
-    from compile.native import emulation_unavailable
+    from compile.native import emulation_unavailable, emulator_name
 
     out = tmp_path / target
     proc = run_cli("compile", convnet_onnx, "--target", target, "-o", out, check=True)
@@ -161,9 +161,10 @@ def test_cross_compile_cpu(convnet_onnx, tmp_path, target, arch):
     assert m["target"]["arch"] == arch and m["toolchain"]["compiler"] == pkg
     why_not = emulation_unavailable(arch)
     if why_not is None:  # verified by default wherever qemu and the C++ runner can run it
-        assert m["verification"]["passed"] is True and m["verification"]["how"].startswith("verified under qemu-aarch64")
-        assert "verified under qemu-aarch64" in proc.stdout
-    else:  # armv7 (no runner), or no qemu: the manifest says why it is unverified
+        qemu = emulator_name(arch)  # qemu-aarch64 / qemu-arm
+        assert m["verification"]["passed"] is True and m["verification"]["how"].startswith(f"verified under {qemu} ")
+        assert f"verified under {qemu} " in proc.stdout
+    else:  # no qemu, cross compiler or cmake here: the manifest says why it is unverified
         assert m["verification"]["passed"] is None and why_not in m["verification"]["skipped"]
         assert "verify:  skipped" in proc.stdout
     # --no-verify skips on purpose and says so

@@ -153,5 +153,4 @@ def test_cli_runtime_build_prints_location(host_runtime):
     proc = run_cli("runtime", "build", "--target", "host", check=True)
     assert f"runtime for x86_64: {host_runtime}" in proc.stdout
     assert str(native.runner_path(host_runtime)) in proc.stdout
-    proc = run_cli("runtime", "build", "--target", "armv7")
-    assert proc.returncode == 1 and "no armv7 TVM runtime wheel" in proc.stderr
+    # (armv7, whose TVM runtime is built from the wheels' sources: tests/test_armv7_runtime.py)
