@@ -137,14 +137,14 @@ def compile_model(
 
         tuning_db = Path(tuning_db).resolve()
         check_database(tuning_db, target)
-    stages = Stages(progress)
-    with stages.stage("import"):
-        model = load_model(model_path, input_shapes)
     mode, where = verification_mode(target)
     if verify is None:
         verify = mode is not None
     elif verify and mode is None:
         raise UsageError(f"--verify cannot run here ({where}); drop --verify and use `autoglm bench` on a board")
+    stages = Stages(progress)
+    with stages.stage("import"):
+        model = load_model(model_path, input_shapes)
     with staging_dir(out_dir) as tmp:
         lib = tmp / LIBRARY
         stats, compiler_line = build_library_for(model, target, lib, tuning_db, stages)

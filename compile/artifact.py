@@ -418,6 +418,8 @@ def _read_manifest_at(dir_fd: int, artifact: Path) -> tuple[dict[str, Any], str]
         data = _read_fd(fd, MAX_MANIFEST_BYTES)
     finally:
         os.close(fd)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"artifact {artifact}: {MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; {_REBUILD}")
     digest = sha256_bytes(data)
     try:
         dfd = _open_member(dir_fd, MANIFEST_DIGEST, artifact)

@@ -73,11 +73,37 @@ class RpcSpec:
         return f"{self.host}:{self.port}/{self.key}"
 
 
-def parse_rpc(text: str, default_key: str) -> RpcSpec:
-    """`HOST:PORT[/KEY]` of an RPC tracker (the key defaults to the target's rpc_key)."""
-    m = re.fullmatch(r"\s*([^:/\s]+):(\d+)(?:/([^/\s]+))?\s*", text)
+_LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
+REMOTE_TRACKER_FLAG = "--allow-remote-tracker"
+RPC_SAFETY = ("TVM RPC has no authentication: keep tracker and servers on 127.0.0.1 and reach a board "
+              "through an SSH tunnel (docs/bench-schema.md, 'Reaching a board')")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine's loopback interface (a name or a literal address)."""
+    import ipaddress
+
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_loopback(host: str, flag: str, text: str, allow_remote: bool) -> None:
+    """The one rule for `bench --device rpc://` and `tune --rpc`: a tracker on loopback, unless opted out."""
+    if not allow_remote and not is_loopback(host):
+        raise UsageError(f"{flag} {text!r}: the tracker must be on a loopback address (127.0.0.1); {RPC_SAFETY}; "
+                         f"to use a remote tracker anyway, add {REMOTE_TRACKER_FLAG}")
+
+
+def parse_rpc(text: str, default_key: str, allow_remote: bool = False) -> RpcSpec:
+    """`HOST:PORT[/KEY]` of an RPC tracker on loopback (the key defaults to the target's rpc_key)."""
+    m = re.fullmatch(r"\s*([^:/\s]+):([0-9]{1,5})(?:/([^/\s]+))?\s*", text, flags=re.ASCII)
     if not m or not (0 < int(m.group(2)) < 65536):
         raise UsageError(f"--rpc {text!r} is not HOST:PORT[/KEY] of an RPC tracker (e.g. 127.0.0.1:9190/rpi4)")
+    require_loopback(m.group(1), "--rpc", text, allow_remote)
     return RpcSpec(m.group(1), int(m.group(2)), m.group(3) or default_key)
 
 

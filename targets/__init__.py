@@ -142,6 +142,27 @@ _OPTIONAL = {
 }
 
 
+_TVM_STRINGS = ("kind", "mtriple", "mcpu", "mfloat-abi", "mabi", "arch", "tag")
+
+
+def _check_tvm(tvm: dict[str, Any], where: str, table: str) -> None:
+    """Types of the TVM target dict's fields this toolkit and TVM read (a wrong type would crash TVM later)."""
+    for key in _TVM_STRINGS:
+        if key in tvm and not isinstance(tvm[key], str):
+            raise TargetError(f"{where}: [{table}] '{key}' must be a string, got {type(tvm[key]).__name__}")
+    if "mattr" in tvm:
+        mattr = tvm["mattr"]
+        if not isinstance(mattr, list) or not all(isinstance(a, str) and len(a) > 1 and a[0] in "+-" for a in mattr):
+            raise TargetError(f"{where}: [{table}] 'mattr' must be a list of features like [\"+neon\", \"+dotprod\"], "
+                              f"got {mattr!r}")
+    if "keys" in tvm and not (isinstance(tvm["keys"], list) and all(isinstance(k, str) for k in tvm["keys"])):
+        raise TargetError(f"{where}: [{table}] 'keys' must be a list of strings")
+    if "host" in tvm:
+        if not isinstance(tvm["host"], dict):
+            raise TargetError(f"{where}: [{table}.host] must be a table")
+        _check_tvm(tvm["host"], where, f"{table}.host")
+
+
 def _validate(data: dict[str, Any], source: Path) -> Target:
     where = f"target file {source}"
     if data.get("detect"):
@@ -149,14 +170,19 @@ def _validate(data: dict[str, Any], source: Path) -> Target:
         data = {**data, "arch": detected["arch"], "tvm": detected["tvm"]}
         data.setdefault("threads", os.cpu_count() or 1)
         data.setdefault("memory_mb", _host_memory_mb())
+    def wrong_type(key: str, typ: type) -> bool:  # TOML's true is a Python int too: not a thread count
+        return not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool))
+
+    kinds = {int: "an integer", str: "a string", dict: "a table", bool: "true or false"}
+
     for key, typ in _REQUIRED.items():
         if key not in data:
             raise TargetError(f"{where}: missing required key '{key}'")
-        if not isinstance(data[key], typ):
-            raise TargetError(f"{where}: '{key}' must be a {typ.__name__}, got {type(data[key]).__name__}")
+        if wrong_type(key, typ):
+            raise TargetError(f"{where}: '{key}' must be {kinds[typ]}, got {data[key]!r:.60}")
     for key, typ in _OPTIONAL.items():
-        if key in data and not isinstance(data[key], typ):
-            raise TargetError(f"{where}: '{key}' must be a {typ.__name__}, got {type(data[key]).__name__}")
+        if key in data and wrong_type(key, typ):
+            raise TargetError(f"{where}: '{key}' must be {kinds[typ]}, got {data[key]!r:.60}")
     unknown = set(data) - set(_REQUIRED) - set(_OPTIONAL)
     if unknown:
         raise TargetError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted({*_REQUIRED, *_OPTIONAL})}")
@@ -167,6 +193,7 @@ def _validate(data: dict[str, Any], source: Path) -> Target:
     tvm = data["tvm"]
     if "kind" not in tvm:
         raise TargetError(f"{where}: [tvm] needs 'kind' (llvm or cuda)")
+    _check_tvm(tvm, where, "tvm")
     if data["device"] == "cuda" and (tvm["kind"] != "cuda" or not isinstance(tvm.get("host"), dict)):
         raise TargetError(f"{where}: a cuda device needs [tvm] kind = \"cuda\" and a [tvm.host] table")
     if data["device"] == "cpu" and tvm["kind"] != "llvm":
@@ -174,8 +201,10 @@ def _validate(data: dict[str, Any], source: Path) -> Target:
     if data["arch"] != host_arch() and not data.get("cross_compiler"):
         raise TargetError(f"{where}: arch {data['arch']} differs from this machine's; set 'cross_compiler'")
     threads = data.get("threads", 1)
-    if threads < 1:
-        raise TargetError(f"{where}: threads must be at least 1")
+    if not 1 <= threads <= 4096:
+        raise TargetError(f"{where}: threads must be from 1 to 4096, got {threads}")
+    if data.get("memory_mb", 0) < 0:
+        raise TargetError(f"{where}: memory_mb must be >= 0, got {data['memory_mb']}")
     return Target(
         name=data["name"], description=data["description"], arch=data["arch"], device=data["device"],
         tvm=tvm, threads=threads, memory_mb=data.get("memory_mb", 0), rpc_key=data["rpc_key"],
@@ -222,7 +251,9 @@ def _files(extra: str | os.PathLike | None) -> dict[str, Path]:
 def load_file(path: Path) -> Target:
     """Read and validate one target file."""
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TargetError(f"target file {path} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"target file {path} is not valid TOML: {exc}") from None
     except OSError as exc:
@@ -242,7 +273,8 @@ def load_target(name: str, targets_dir: str | os.PathLike | None = None) -> Targ
     """The target called `name`; an unknown name lists the closest known ones."""
     files = _files(targets_dir)
     if name not in files:
-        close = difflib.get_close_matches(name, list(files), n=3, cutoff=0.4)
+        same_case = [k for k in files if k.lower() == name.lower()]  # RPI4 -> rpi4
+        close = same_case or difflib.get_close_matches(name.lower(), list(files), n=3, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else f"known targets: {', '.join(sorted(files))}"
         raise TargetError(f"unknown target {name!r}: {hint} (`autoglm targets` lists them all)")
     return load_file(files[name])

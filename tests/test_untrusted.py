@@ -342,6 +342,22 @@ def test_in_range_ids_match_onnxruntime_at_both_ends(transformer_artifact, trans
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_aarch64_runner_under_qemu_refuses_out_of_range_ids(transformer_onnx, tmp_path):
+    from compile.native import emulation_unavailable
+    from toolkit import native
+
+    why = emulation_unavailable("aarch64")
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "tr-rpi4"
+    run_cli("compile", transformer_onnx, "-t", "rpi4", "-o", out, check=True)  # verified under qemu on the way
+    ids = np.zeros((1, 16), np.int64)
+    ids[0, 1] = 64
+    with pytest.raises(native.NativeRuntimeError, match=r"outside \[-64, 63\]") as info:
+        native.run_artifact(out, {"ids": ids}, emulate=True, repeat=0)
+    assert info.value.kind == "UsageError"
+
+
 # ---- compile -o replaces only an artifact of this toolkit, and only its own files ---------------------
 
 def _tree(path: Path) -> dict[str, bytes]:

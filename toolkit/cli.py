@@ -213,10 +213,15 @@ def run_cmd(
     check_unique("--input", input)
     if output is not None:
         check_output_file(output, "--output")
-    model = runtime.load(artifact)
-    if input:
+    if input:  # read and check the inputs against the manifest before TVM is even imported
+        from compile import TensorSpec, read_manifest
+
+        manifest = read_manifest(artifact)
         feeds = dict(_load_input(s) for s in input)
-    else:
+        runtime.validate_inputs([TensorSpec.from_json(t) for t in manifest["inputs"]], feeds,
+                                manifest.get("index_bounds"))
+    model = runtime.load(artifact)
+    if not input:
         feeds = random_inputs(list(model.inputs), seed)
         for name, (lo, hi) in model.manifest.get("index_bounds", {}).items():  # random ids stay inside the table
             feeds[name] = np.clip(feeds[name], lo, hi).astype(feeds[name].dtype)
@@ -275,12 +280,13 @@ def export_cmd(
 ) -> None:
     """Export a built-in model, or a member of the search space, to ONNX (checked against onnxruntime)."""
     from compile.artifact import check_output_file
-    from toolkit.export import export_architecture, export_zoo_model
 
     if (name is None) == (arch is None):
         raise UsageError("give either a built-in model name or --arch FILE (an architecture JSON), not both")
     check_seed(seed)
     check_output_file(output, "-o")
+    from toolkit.export import export_architecture, export_zoo_model  # torch: only once the flags are known good
+
     path = export_zoo_model(name, output, seed) if arch is None else export_architecture(arch, output, seed)
     console.print(f"wrote {path} ({_fmt_bytes(path.stat().st_size)}), checked against onnxruntime")
 
@@ -372,6 +378,10 @@ def main() -> None:
         sys.exit(code)
     except (KeyboardInterrupt, typer.Abort):
         _interrupt_exit()
+    except Exception:
+        if interrupted():  # a library turned the interrupt into an error of its own (TVM's FFI does)
+            _interrupt_exit()
+        raise
     if interrupted():  # typer turns KeyboardInterrupt into exit code 130; say why, once
         _interrupt_exit()
     sys.exit(rv if isinstance(rv, int) else 0)

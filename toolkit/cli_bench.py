@@ -37,9 +37,11 @@ def bench_cmd(
     db: Annotated[Optional[Path], typer.Option("--db", help="Results database (default $AUTOGLM_RESULTS_DB or ~/.cache/autoglm/results.sqlite).")] = None,
     no_db: Annotated[bool, typer.Option("--no-db", help="Do not record this run.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds one block (or load) may take before the run fails.")] = 600.0,
+    allow_remote_tracker: Annotated[bool, typer.Option("--allow-remote-tracker", help="Accept an rpc:// tracker (and servers) off loopback (TVM RPC has no authentication: prefer an SSH tunnel).")] = False,
 ) -> None:
     """Benchmark an artifact: load, first inference, latency, throughput, peak memory; outputs checked."""
     from compile import read_manifest
+    from compile.artifact import check_output_file
 
     from toolkit.bench import BenchConfig, BenchError, parse_device, parse_threads, run_bench, to_csv, to_document
     from toolkit.bench import db as results_db
@@ -48,8 +50,12 @@ def bench_cmd(
 
     if report is not None and report.suffix.lower() not in (".md", ".html", ".htm"):
         raise typer_usage(f"--report {report}: give a .md or .html file")
+    # Every output is checked before anything is measured: a bad path fails now, not after the run.
+    for flag, path in (("--json", json_out), ("--csv", csv_out), ("--report", report)):
+        if path is not None and path != Path("-"):
+            check_output_file(path, flag)
     cfg = BenchConfig(
-        artifact=artifact, device=parse_device(device), python_runtime=python,
+        artifact=artifact, device=parse_device(device, allow_remote_tracker), python_runtime=python,
         baseline=None if baseline == "none" else baseline, model_file=model_file, threads=parse_threads(threads),
         warmup=warmup, repeat=repeat, block=block, seed=seed, atol=atol, rtol=rtol, profile=profile, timeout=timeout,
         command=shlex.join(["autoglm", *sys.argv[1:]]),
@@ -57,11 +63,13 @@ def bench_cmd(
     cfg.validate()
     manifest = read_manifest(artifact)
     if not no_db:
-        with results_db.connect(db):  # a bad --db fails now, not after the run
-            pass
+        results_db.check_usable(db)  # a bad --db fails now, not after the run (and nothing is written to it)
     started = _now()
     say = (lambda msg: err_console.print(f"bench: {msg}")) if json_out != Path("-") else (lambda msg: None)
     try:
+        if cfg.device.kind == "rpc":
+            _check_usage_before_network(cfg, manifest)
+            _check_tracker_reachable(cfg.device.host, cfg.device.port, cfg.timeout)
         run = run_bench(cfg, progress=say)
     except BenchError as exc:
         if not no_db:
@@ -72,32 +80,62 @@ def bench_cmd(
                                       command=cfg.command, host=host_info())
         raise
     doc = to_document(run)
-    if json_out == Path("-"):
-        print(json.dumps(doc, indent=2))
-    else:
-        from toolkit.bench.table import print_run
-
-        print_run(console, doc)
-        if json_out is not None:
-            write_atomic(json_out, json.dumps(doc, indent=2) + "\n")
-            console.print(f"json: {json_out}")
-    if csv_out is not None:
-        write_atomic(csv_out, to_csv(doc))
-        if json_out != Path("-"):
-            console.print(f"csv: {csv_out}")
-    if report is not None:
-        from toolkit.bench.report import write_report
-
-        written = write_report(doc, report)
-        if json_out != Path("-"):
-            console.print(f"report: {', '.join(map(str, written))}")
-    if not no_db:
+    if not no_db:  # recorded first: a file that cannot be written below does not lose the run
         results_db.record_run(db, doc)
-        if json_out != Path("-"):
-            console.print(f"recorded run {doc['run_id'][:12]} in {db or results_db.default_path()}")
+    try:
+        if json_out == Path("-"):
+            print(json.dumps(doc, indent=2))
+        else:
+            from toolkit.bench.table import print_run
+
+            print_run(console, doc)
+            if json_out is not None:
+                write_atomic(json_out, json.dumps(doc, indent=2) + "\n")
+                console.print(f"json: {json_out}")
+        if csv_out is not None:
+            write_atomic(csv_out, to_csv(doc))
+            if json_out != Path("-"):
+                console.print(f"csv: {csv_out}")
+        if report is not None:
+            from toolkit.bench.report import write_report
+
+            written = write_report(doc, report)
+            if json_out != Path("-"):
+                console.print(f"report: {', '.join(map(str, written))}")
+    except OSError as exc:
+        raise BenchError(f"the run is recorded, but {exc.filename or 'an output'} could not be written: "
+                         f"{exc.strerror or exc}") from None
+    if not no_db and json_out != Path("-"):
+        console.print(f"recorded run {doc['run_id'][:12]} in {db or results_db.default_path()}")
     if doc["status"] != "completed":
         raise BenchError(f"outputs differ between runtimes (max abs error {doc['correctness']['max_abs_error']:.3g}, "
                          f"atol {atol:g}, rtol {rtol:g}): the run is recorded as failed")
+
+
+def _check_usage_before_network(cfg, manifest) -> None:
+    """The usage errors run_bench would raise, raised before the tracker is contacted (so they stay exit 2)."""
+    from toolkit.bench import BenchUsageError
+    from toolkit.bench.harness import _check_device, _choose_baseline
+    from toolkit.bench.sources import missing_source_message, resolve_source
+
+    manifest = _check_device(cfg, manifest)
+    baseline = _choose_baseline(cfg, manifest["model"]["format"])
+    if baseline and resolve_source(cfg.artifact, manifest, cfg.model_file) is None:
+        raise BenchUsageError(missing_source_message(cfg.artifact, manifest, baseline))
+
+
+def _check_tracker_reachable(host: str, port: int, timeout: float) -> None:
+    """Fail in seconds, in one line, when nothing listens at the tracker's port (TVM itself retries for a minute)."""
+    import socket
+
+    from toolkit.bench import BenchError
+
+    try:
+        with socket.create_connection((host, port), timeout=min(5.0, timeout)):
+            pass
+    except OSError as exc:
+        raise BenchError(f"cannot reach the RPC tracker at {host}:{port} ({exc.strerror or exc}); start it with "
+                         f"`python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port {port}`") from None
 
 
 def typer_usage(message: str):
@@ -125,6 +163,7 @@ def history_cmd(
     path = db or results_db.default_path()
     if db is not None and not Path(db).exists():
         raise typer_usage(f"results database {db} does not exist; `autoglm bench ... --db {db}` creates it")
+    # history only reads: the database is opened read-only, and anything that is not one is left untouched
     rows = history(path, model=model, target=target, threshold=limit)
     flagged = [r for r in rows if r.regression]
     if as_json:

@@ -67,6 +67,10 @@ class TuneInterrupted(TuningError):
     exit_code = 130
 
 
+_INTERRUPTED = ("interrupted; the records measured so far are kept in the tuning database: run the same command "
+                "again to resume")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("tune")
     def tune_cmd(
@@ -82,6 +86,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
         targets_dir: Annotated[Optional[Path], typer.Option("--targets-dir", help="Extra directory of target TOML files.")] = None,
+        allow_remote_tracker: Annotated[bool, typer.Option("--allow-remote-tracker", help="Accept an --rpc tracker that is not on loopback (TVM RPC has no authentication: prefer an SSH tunnel).")] = False,
     ) -> None:
         """Tune a model's kernels with MetaSchedule into a per-target database that `compile --tuning-db` applies.
 
@@ -90,22 +95,37 @@ def register(app: typer.Typer) -> None:
         """
         from compile import parse_shape_overrides
         from compile.tune import parse_budget, parse_rpc, tune_model
+        from toolkit.cli import check_seed, check_unique
 
+        check_seed(seed)
+        check_unique("--input-shape", input_shape)
+        if batch < 1:
+            raise UsageError(f"--batch {batch}: give at least 1 candidate per round")
+        if trials is not None and trials < 1:
+            raise UsageError(f"--trials {trials}: give at least 1 trial")
         tgt = targets_mod.load_target(target, targets_dir)
         budget_s = parse_budget(budget) if budget is not None else None
         if trials is None and budget_s is None:
             raise UsageError("give a tuning budget: --trials N or --budget 15m")
-        spec = parse_rpc(rpc, tgt.rpc_key) if rpc is not None else None
+        spec = parse_rpc(rpc, tgt.rpc_key, allow_remote_tracker) if rpc is not None else None
         shapes = parse_shape_overrides(input_shape)
         if not model.is_file():
             raise UsageError(f"model file {model} does not exist")
+        from compile.model_check import check_onnx_external_data
+
+        check_onnx_external_data(model)
         progress = RichProgress(quiet)
         try:
             summary = tune_model(model, tgt, db, trials=trials, budget_s=budget_s, rpc=spec, input_shapes=shapes,
                                  batch=batch, seed=seed, progress=progress)
+        except Exception as exc:  # an interrupt inside a TVM callback comes back as some other error
+            from compile.artifact import interrupted
+
+            if interrupted() is None:
+                raise
+            raise TuneInterrupted(_INTERRUPTED) from exc
         except KeyboardInterrupt:
-            raise TuneInterrupted("interrupted; the records measured so far are kept in the tuning database: "
-                                  "run the same command again to resume") from None
+            raise TuneInterrupted(_INTERRUPTED) from None
         finally:
             progress.stop()
         if as_json:

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from compile import UsageError
+from compile.tune import RPC_SAFETY, is_loopback, require_loopback  # one loopback rule for bench and tune
 
 from .errors import BenchUsageError
 
 LOCAL, QEMU, RPC = "local", "qemu", "rpc"
 BASELINES = ("onnxruntime", "litert")
 
-_LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
-
-RPC_SAFETY = ("TVM RPC has no authentication: keep tracker and servers on 127.0.0.1 and reach a board "
-              "through an SSH tunnel (docs/bench-schema.md, 'Reaching a board')")
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+__all__ = ["RPC_SAFETY", "is_loopback"]
 
 
 @dataclass(frozen=True)
@@ -35,12 +26,13 @@ class DeviceSpec:
     host: str | None = None
     port: int | None = None
     key: str | None = None
+    allow_remote: bool = False  # --allow-remote-tracker: tracker and servers may be off loopback
 
     def __str__(self) -> str:
         return f"rpc://{self.host}:{self.port}/{self.key}" if self.kind == RPC else self.kind
 
 
-def parse_device(text: str) -> DeviceSpec:
+def parse_device(text: str, allow_remote: bool = False) -> DeviceSpec:
     text = text.strip()
     if text in (LOCAL, QEMU):
         return DeviceSpec(text)
@@ -49,11 +41,14 @@ def parse_device(text: str) -> DeviceSpec:
     rest = text[len("rpc://"):]
     hostport, sep, key = rest.partition("/")
     host, _, port_s = hostport.rpartition(":")
-    if not sep or not key or "/" in key or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    if (not sep or not key or "/" in key or not host or not re.fullmatch(r"[0-9]{1,5}", port_s)
+            or not 0 < int(port_s) < 65536):
         raise BenchUsageError(f"--device {text!r} is not rpc://HOST:PORT/KEY (e.g. rpc://127.0.0.1:9190/rpi4)")
-    if not is_loopback(host):
-        raise BenchUsageError(f"--device {text!r}: the tracker must be on a loopback address (127.0.0.1); {RPC_SAFETY}")
-    return DeviceSpec(RPC, host.strip("[]"), int(port_s), key)
+    try:
+        require_loopback(host, "--device", text, allow_remote)
+    except UsageError as exc:
+        raise BenchUsageError(str(exc)) from None
+    return DeviceSpec(RPC, host.strip("[]"), int(port_s), key, allow_remote)
 
 
 def parse_threads(text: str | None) -> list[int] | None:
@@ -63,7 +58,7 @@ def parse_threads(text: str | None) -> list[int] | None:
     out: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) < 1:
+        if not re.fullmatch(r"[0-9]{1,4}", part) or int(part) < 1:  # ASCII digits only: int() would take others
             raise BenchUsageError(f"--threads {text!r}: give positive thread counts separated by commas, e.g. 1,2")
         if int(part) not in out:
             out.append(int(part))
@@ -109,8 +104,16 @@ class BenchConfig:
             raise BenchUsageError("--repeat must be >= 1")
         if self.block < 0:
             raise BenchUsageError("--block must be >= 0 (0 picks one)")
-        if self.timeout <= 0:
-            raise BenchUsageError("--timeout must be > 0")
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
+            raise BenchUsageError("--timeout must be a number of seconds > 0")
+        if not 0 <= self.seed < 2**64:
+            raise BenchUsageError(f"--seed {self.seed} is out of range; give an integer from 0 to 2**64-1")
+        for flag, value in (("--atol", self.atol), ("--rtol", self.rtol)):
+            if not math.isfinite(value) or value < 0:
+                raise BenchUsageError(f"{flag} {value} is not a tolerance; give a finite number >= 0")
+        if self.profile and self.device.kind != LOCAL:
+            raise BenchUsageError("--profile runs the artifact in-process on this machine (--device local); per-kernel "
+                                  "profiles under qemu or over RPC are not supported")
         if self.python_runtime and self.device.kind != LOCAL:
             raise BenchUsageError(f"--python runs the Python runtime on this machine; it cannot be combined with --device {self.device}")
         if self.baseline not in (None, "auto", *BASELINES):

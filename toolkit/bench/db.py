@@ -68,9 +68,59 @@ def default_path() -> Path:
     return cache_root() / "results.sqlite"
 
 
+_TABLES = {"runs", "measurements"}
+
+
+def _kind(conn: sqlite3.Connection) -> str:
+    """'ours' (a results database of this version), 'empty' (no tables yet) or why it is neither."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} - {"sqlite_sequence"}
+    if version == DB_VERSION and _TABLES <= tables:
+        return "ours"
+    if version == 0 and not tables:
+        return "empty"
+    if version not in (0, DB_VERSION):
+        return f"a results database of version {version}; this toolkit reads version {DB_VERSION}"
+    return f"an SQLite database with other tables ({', '.join(sorted(tables)[:5])}), not a results database"
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection: opening never creates, converts or writes the file."""
+    from urllib.parse import quote
+
+    return sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=30, isolation_level=None)
+
+
+def check_usable(path: Path | None) -> Path:
+    """Fail now, in one line and without writing anything, if `bench` could not record its run at `path`."""
+    from compile.artifact import check_output_file
+
+    path = Path(path) if path else default_path()
+    if not path.exists():
+        check_output_file(path, "--db")
+        return path
+    if not path.is_file():
+        raise BenchUsageError(f"--db {path} is not a file; give the results database file")
+    if path.stat().st_size == 0:
+        return path  # an empty file becomes a results database
+    try:
+        conn = _open_readonly(path)
+        try:
+            kind = _kind(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise BenchUsageError(f"{path} is not a usable results database ({exc}); nothing was changed: pass another --db") from None
+    if kind not in ("ours", "empty"):
+        raise BenchUsageError(f"{path} is {kind}; nothing was changed: pass another --db")
+    return path
+
+
 @contextmanager
 def connect(path: Path | None) -> Iterator[sqlite3.Connection]:
+    """A read-write connection, creating the database (or its tables in an empty one) when needed."""
     path = Path(path) if path else default_path()
+    check_usable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=30, isolation_level=None)
@@ -78,15 +128,41 @@ def connect(path: Path | None) -> Iterator[sqlite3.Connection]:
         raise BenchUsageError(f"cannot open the results database {path}: {exc}") from None
     try:
         conn.execute("PRAGMA foreign_keys = ON")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, DB_VERSION):
-            raise BenchUsageError(f"{path} is a results database of version {version}; this toolkit reads version {DB_VERSION}")
-        if version == 0:
+        kind = _kind(conn)
+        if kind == "empty":
             conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {DB_VERSION};\nCOMMIT;")
+        elif kind != "ours":
+            raise BenchUsageError(f"{path} is {kind}; nothing was changed: pass another --db")
         conn.row_factory = sqlite3.Row
         yield conn
     except sqlite3.DatabaseError as exc:
         raise BenchUsageError(f"{path} is not a usable results database ({exc}); pass another --db") from None
+    finally:
+        conn.close()
+
+
+@contextmanager
+def connect_readonly(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to an existing results database; anything else is refused and left untouched."""
+    try:
+        if path.is_dir():
+            raise BenchUsageError(f"{path} is a directory, not a results database; pass the database file")
+        if path.stat().st_size == 0:
+            raise BenchUsageError(f"{path} is an empty file, not a results database; nothing was changed")
+        conn = _open_readonly(path)
+    except OSError as exc:
+        raise BenchUsageError(f"cannot read the results database {path}: {exc.strerror}") from None
+    except sqlite3.Error as exc:
+        raise BenchUsageError(f"cannot open the results database {path}: {exc}") from None
+    try:
+        kind = _kind(conn)
+        if kind != "ours":
+            what = "an empty SQLite database, not a results database" if kind == "empty" else kind
+            raise BenchUsageError(f"{path} is {what}; nothing was changed")
+        conn.row_factory = sqlite3.Row
+        yield conn
+    except sqlite3.DatabaseError as exc:
+        raise BenchUsageError(f"{path} is not a usable results database ({exc}); nothing was changed") from None
     finally:
         conn.close()
 
@@ -161,7 +237,10 @@ def fetch(path: Path | None, *, model: str | None = None, target: str | None = N
         args.append(target)
     sql = ("SELECT id, run_id, status, started_utc, model_name, model_sha256, target, arch, device, outputs_match,"
            " max_abs_error, error FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id")
-    with connect(path) as conn:
+    path = Path(path) if path else default_path()
+    if not path.exists():
+        return []  # nothing recorded yet; a read never creates the database
+    with connect_readonly(path) as conn:
         runs = [dict(r) for r in conn.execute(sql, args)]
         for run in runs:
             run["measurements"] = [dict(m) for m in conn.execute(
