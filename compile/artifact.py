@@ -767,6 +767,12 @@ def clean_stale(out_dir: Path) -> list[Path]:
     return removed
 
 
+# Whether staging_dir points tempfile.tempdir and TMPDIR into the staging folder, so a killed compile's
+# TVM and compiler temporaries go with it. They are process-wide: the CLI (one compile per process) turns
+# this on; a library user who compiles in several threads at once keeps the default.
+REDIRECT_TEMP_FILES = False
+
+
 @contextlib.contextmanager
 def _parent_lock(parent: Path) -> Iterator[int]:
     """An exclusive lock on directory `parent` (flock on the directory itself: no lock file is left behind)."""
@@ -782,8 +788,9 @@ def _parent_lock(parent: Path) -> Iterator[int]:
 def staging_dir(out_dir: Path) -> Iterator[Path]:
     """A temporary sibling of `out_dir` to build the artifact in; everything in it is removed unless published.
 
-    TVM's and the compilers' temporary files go inside it too (`tempfile.tempdir`, TMPDIR), so a
-    killed compile leaves one `.NAME.partial-*` folder, which the next compile of `out_dir` removes.
+    With REDIRECT_TEMP_FILES (the CLI), TVM's and the compilers' temporary files go inside it too
+    (`tempfile.tempdir`, TMPDIR), so a killed compile leaves one `.NAME.partial-*` folder, which the
+    next compile of `out_dir` removes.
     Parent directories created for `out_dir` are removed again if nothing was published.
     """
     out_dir = Path(os.path.abspath(out_dir))
@@ -810,18 +817,21 @@ def staging_dir(out_dir: Path) -> Iterator[Path]:
         fcntl.flock(lock, fcntl.LOCK_EX)  # marks it live for clean_stale of a concurrent compile
     stage, scratch = partial / "artifact", partial / "tmp"
     stage.mkdir()
-    scratch.mkdir()
+    redirect = REDIRECT_TEMP_FILES
     saved = tempfile.tempdir, os.environ.get("TMPDIR")
-    tempfile.tempdir = str(scratch)
-    os.environ["TMPDIR"] = str(scratch)
+    if redirect:
+        scratch.mkdir()
+        tempfile.tempdir = str(scratch)
+        os.environ["TMPDIR"] = str(scratch)
     try:
         yield stage
     finally:
-        tempfile.tempdir = saved[0]
-        if saved[1] is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved[1]
+        if redirect:
+            tempfile.tempdir = saved[0]
+            if saved[1] is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = saved[1]
         shutil.rmtree(partial, ignore_errors=True)
         os.close(lock)
         if not stage.exists() and out_dir.is_dir():

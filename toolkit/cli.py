@@ -350,9 +350,11 @@ def main() -> None:
     """Console entry point: one line and an exit code for every user-facing error, the parser's included."""
     from typer._click import exceptions as click_exc
 
+    from compile import artifact
     from compile.artifact import install_interrupt_handlers, interrupted
 
     install_interrupt_handlers()  # SIGINT/SIGTERM: clean up staging, and never publish after one
+    artifact.REDIRECT_TEMP_FILES = True  # one compile per process: its temporary files live in its staging folder
     try:
         _register_subcommands()
         # standalone_mode=False: the parser's errors come here (one line, not a box) and Ctrl-C is not swallowed

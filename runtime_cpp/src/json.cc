@@ -130,7 +130,13 @@ class JsonParser {
       v.number_ = std::strtod(s_.substr(start, pos_ - start).c_str(), nullptr);
       return v;
     }
-    Fail(std::string("unexpected character '") + c + "'");
+    char shown[16];
+    if (c >= 0x20 && c < 0x7f) {
+      std::snprintf(shown, sizeof(shown), "'%c'", c);
+    } else {
+      std::snprintf(shown, sizeof(shown), "byte 0x%02x", unsigned(static_cast<unsigned char>(c)));
+    }
+    Fail(std::string("unexpected ") + shown);
   }
 
   unsigned ParseHex4() {
@@ -208,7 +214,29 @@ class JsonParser {
   size_t pos_ = 0;
 };
 
-JsonValue JsonValue::Parse(const std::string& text) { return JsonParser(text).ParseDocument(); }
+// Offset of the first byte that is not part of valid UTF-8, or npos.
+static size_t InvalidUtf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (n == 0 || i + n > s.size() || (n == 2 && c < 0xC2)) return i;
+    for (size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return i;
+    }
+    i += n;
+  }
+  return std::string::npos;
+}
+
+JsonValue JsonValue::Parse(const std::string& text) {
+  // Python reads manifests as UTF-8; so does this reader (no message ever echoes a stray byte).
+  const size_t bad = InvalidUtf8(text);
+  if (bad != std::string::npos) {
+    throw std::runtime_error("invalid JSON at offset " + std::to_string(bad) + ": not UTF-8 text");
+  }
+  return JsonParser(text).ParseDocument();
+}
 
 namespace {
 [[noreturn]] void WrongKind(const char* wanted) {
@@ -251,7 +279,18 @@ const JsonValue& JsonValue::at(const std::string& key) const {
   return it->second;
 }
 
-std::string JsonQuote(const std::string& s) {
+std::string JsonQuote(const std::string& raw) {
+  // Keep the output valid UTF-8 whatever the input (a path from argv may hold any bytes).
+  std::string s;
+  for (size_t i = 0; i < raw.size();) {
+    const size_t bad = InvalidUtf8(raw.substr(i));
+    if (bad == std::string::npos) {
+      s += raw.substr(i);
+      break;
+    }
+    s += raw.substr(i, bad) + "\xEF\xBF\xBD";  // U+FFFD
+    i += bad + 1;
+  }
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
