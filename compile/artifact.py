@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator
 
 from .errors import ArtifactError, UsageError
 from .fileio import write_atomic
+from .frontend import sha256_file
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # artifacts `-o` may replace (format 1 predates the manifest digest)
@@ -199,17 +200,6 @@ class _Field:
         raise ArtifactError(f"artifact {self.artifact}: {MANIFEST} field '{name}' must be {must} (got {shown}); "
                             f"the manifest is not one this toolkit wrote: {_REBUILD}")
 
-    def obj(self, parent: dict, key: str, name: str, optional: bool = False) -> dict | None:
-        if key not in parent:
-            if optional:
-                return None
-            raise ArtifactError(f"artifact {self.artifact}: {MANIFEST} lacks the field '{name}'; the manifest is not "
-                                f"one this toolkit wrote: {_REBUILD}")
-        value = parent[key]
-        if not isinstance(value, dict):
-            self.fail(name, "an object", value)
-        return value
-
     def get(self, parent: dict, key: str, name: str, check: Callable[[Any], bool], must: str, optional: bool = False) -> Any:
         if key not in parent:
             if optional:
@@ -220,6 +210,9 @@ class _Field:
         if not check(value):
             self.fail(name, must, value)
         return value
+
+    def obj(self, parent: dict, key: str, name: str, optional: bool = False) -> dict | None:
+        return self.get(parent, key, name, lambda v: isinstance(v, dict), "an object", optional)
 
 
 def _is_int(v: Any) -> bool:
@@ -353,7 +346,7 @@ def validate_manifest(m: Any, artifact: Path) -> dict[str, Any]:
     f.get(m, "compile_seconds", "compile_seconds", lambda x: isinstance(x, dict) and all(_is_num(s) for s in x.values()),
           "an object of seconds", optional=True)
     bounds = f.get(m, "index_bounds", "index_bounds", lambda x: isinstance(x, dict), "an object", optional=True) or {}
-    integer_inputs = {t["name"]: t["dtype"] for t in inputs if t["dtype"] not in ("bool", "float16", "bfloat16", "float32", "float64")}
+    integer_inputs = {t["name"] for t in inputs if t["dtype"].startswith(("int", "uint"))}
     for name, pair in bounds.items():
         if name not in integer_inputs:
             f.fail(f"index_bounds.{name}", "the name of an integer input", name)
@@ -600,7 +593,7 @@ def check_output_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.name or path.name in (".", ".."):
         raise UsageError(f"{what} {path} is a directory; give a file name")
-    if len(path.name.encode("utf-8", "surrogateescape")) > NAME_MAX - 20:
+    if len(path.name.encode("utf-8", "surrogateescape")) > NAME_MAX - 20:  # room for the atomic write's temp name
         raise UsageError(f"{what} {path}: the file name is too long (at most {NAME_MAX - 20} bytes)")
     if path.is_dir():
         raise UsageError(f"{what} {path} is a directory; give a file name")
@@ -852,17 +845,10 @@ def write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
     """Checksum every file of the staged directory, write its manifest and the manifest's digest."""
     manifest = dict(manifest)
     manifest["format_version"] = FORMAT_VERSION
-    files = {}
-    for p in sorted(stage.rglob("*")):
-        rel = p.relative_to(stage).as_posix()
-        if rel in (MANIFEST, MANIFEST_DIGEST) or p.is_symlink() or not p.is_file():
-            continue
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        files[rel] = h.hexdigest()
-    manifest["files"] = files
+    manifest["files"] = {
+        p.relative_to(stage).as_posix(): sha256_file(p) for p in sorted(stage.rglob("*"))
+        if p.name not in (MANIFEST, MANIFEST_DIGEST) and not p.is_symlink() and p.is_file()
+    }
     data = (json.dumps(manifest, indent=2) + "\n").encode()
     validate_manifest(json.loads(data), stage)  # what the toolkit writes, its readers accept
     write_atomic(stage / MANIFEST, data)

@@ -269,6 +269,20 @@ def _ext_onnx(c: Ctx, location: str | None, write_data: bool = True) -> Path:
     return path
 
 
+def _newer_opset_onnx(c: Ctx) -> Path:
+    """A model TVM imports but onnxruntime refuses (an opset newer than it knows)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 30)])
+    model.ir_version = 10
+    onnx.save(model, str(c.d / "new.onnx"))
+    return c.d / "new.onnx"
+
+
 def _sqlite_other(c: Ctx) -> Path:
     p = c.d / "other.db"
     conn = sqlite3.connect(p)
@@ -303,6 +317,8 @@ CASES = [
          2, ("outside the model's directory",)),
     Case("compile-external-data-absolute", lambda c: ["compile", _ext_onnx(c, "/etc/hostname"), "-o", c.d / "out"], 2,
          ("outside the model's directory",)),
+    Case("compile-reference-cannot-run", lambda c: ["compile", _newer_opset_onnx(c), "-o", c.d / "out"], 1,
+         ("the reference runtime could not run", "--no-verify")),
     # compile: flags
     Case("compile-unknown-target", lambda c: ["compile", c.onnx, "-t", "rpi44", "-o", c.d / "out"], 2, ("did you mean",)),
     Case("compile-target-wrong-case", lambda c: ["compile", c.onnx, "-t", "RPI4", "-o", c.d / "out"], 2,
@@ -553,7 +569,7 @@ def _write_digested(art: Path, data: bytes) -> None:
 def corpus_results(request, host_artifact, convnet_onnx, small_tflite, tmp_path_factory):
     """Every selected case run through the real CLI, two at a time: name -> (proc, snapshots before, after)."""
     selected = {item.callspec.params["case"].name for item in request.session.items
-                if getattr(item, "callspec", None) is not None and "case" in item.callspec.params}
+                if isinstance(getattr(getattr(item, "callspec", None), "params", {}).get("case"), Case)}
     root = tmp_path_factory.mktemp("bad-input-corpus")
     db = root / "results.sqlite"  # the default results database: no case may create it
     env = {"AUTOGLM_RESULTS_DB": str(db)}

@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compile import UsageError
-from compile.tune import RPC_SAFETY, is_loopback, require_loopback  # one loopback rule for bench and tune
+from compile.tune import RPC_SAFETY, is_loopback, require_loopback  # noqa: F401 - one loopback rule for bench and
+# tune (rpc.py takes RPC_SAFETY and is_loopback from here)
 
 from .errors import BenchUsageError
 
 LOCAL, QEMU, RPC = "local", "qemu", "rpc"
 BASELINES = ("onnxruntime", "litert")
-
-__all__ = ["RPC_SAFETY", "is_loopback"]
 
 
 @dataclass(frozen=True)
