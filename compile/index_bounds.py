@@ -71,7 +71,9 @@ def input_index_bounds(mod: Any, input_names: list[str]) -> dict[str, list[int]]
         for binding in block.bindings:
             if isinstance(binding, relax.VarBinding):
                 values[binding.var] = binding.value
-    param_names = {p: name for p, name in zip(params, input_names)}
+    # Only integer inputs are checked; a float input cast to an index is left alone (its cast truncates).
+    param_names = {p: name for p, name in zip(params, input_names)
+                   if str(getattr(getattr(p, "ty", None), "dtype", "")).startswith(("int", "uint"))}
     bounds: dict[str, list[int]] = {}
 
     def trace(expr: Any, lo: int, hi: int, depth: int = 0) -> None:

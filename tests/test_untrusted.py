@@ -342,6 +342,38 @@ def test_in_range_ids_match_onnxruntime_at_both_ends(transformer_artifact, trans
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def _gather_model(path: Path, index_type: int, cast_from_float: bool) -> Path:
+    """Gather rows of an 8-row table by an int32 input, or by a float input cast to int64."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(32, dtype=np.float32).reshape(8, 4), "W")
+    nodes = [helper.make_node("Gather", ["W", "i" if cast_from_float else "ids"], ["y"])]
+    if cast_from_float:
+        nodes.insert(0, helper.make_node("Cast", ["ids"], ["i"], to=TensorProto.INT64))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", index_type, [3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], [table])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_index_bounds_for_int32_ids_and_none_for_a_cast_float(tmp_path):
+    from onnx import TensorProto
+
+    from compile import UsageError, compile_model
+    from targets import load_target
+    from toolkit import runtime as py_runtime
+
+    i32 = compile_model(_gather_model(tmp_path / "i32.onnx", TensorProto.INT32, False), load_target("host"),
+                        tmp_path / "i32").manifest
+    assert i32["index_bounds"] == {"ids": [-8, 7]}
+    with pytest.raises(UsageError, match=r"holds 8 at \[2\]"):
+        py_runtime.load(tmp_path / "i32").run({"ids": np.array([0, -8, 8], np.int32)})
+    # a float input is not an index the toolkit can check (its cast truncates): compiled, nothing recorded
+    f = compile_model(_gather_model(tmp_path / "f.onnx", TensorProto.FLOAT, True), load_target("host"), tmp_path / "f")
+    assert f.manifest["index_bounds"] == {}
+
+
 def test_aarch64_runner_under_qemu_refuses_out_of_range_ids(transformer_onnx, tmp_path):
     from compile.native import emulation_unavailable
     from toolkit import native
