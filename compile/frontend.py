@@ -107,6 +107,10 @@ def _read_onnx(path: Path):
     import onnx
     from google.protobuf.message import DecodeError
 
+    from .model_check import check_onnx_external_data
+
+    check_onnx_external_data(path)  # untrusted paths: checked before onnx follows them
+
     try:
         model = onnx.load(str(path))
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError, OSError) as exc:

@@ -501,3 +501,38 @@ def test_artifact_files_follow_the_umask(convnet_onnx, host_artifact, tmp_path):
             assert proc.returncode == 0, proc.stderr
         finally:
             shutil.rmtree(shared)
+
+
+def test_python_api_refuses_escaping_external_data(tmp_path):
+    """compile_model itself (not only the CLI) checks an ONNX file's external-data paths before onnx follows them."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import targets
+    from compile import ModelFormatError, compile_model
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    path = tmp_path / "ext.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+              save_as_external_data=True, location="w.bin", size_threshold=0)
+    m = onnx.load(str(path), load_external_data=False)
+    for e in m.graph.initializer[0].external_data:
+        if e.key == "location":
+            e.value = "../../etc/hostname"
+    onnx.save(m, str(path))
+    with pytest.raises(ModelFormatError, match="tensor 'W'"):
+        compile_model(path, targets.load_target("host"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_outputs_follow_the_umask(host_artifact, tmp_path):
+    """`run -o` and `bench --json` results are ordinary files of the user's umask, not mkstemp's 0600."""
+    old = os.umask(0o022)
+    try:
+        run_cli("run", host_artifact, "--random", "-o", tmp_path / "out.npz", check=True)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.npz").stat().st_mode & 0o777 == 0o644

@@ -76,9 +76,6 @@ def compile_cmd(
                          f"`autoglm tune --db DIR` wrote")
     tgt = targets_mod.load_target(target, targets_dir)
     shapes = parse_shape_overrides(input_shape)
-    from compile.model_check import check_onnx_external_data
-
-    check_onnx_external_data(model)
     result = compile_model(model, tgt, output, input_shapes=shapes, verify=verify, seed=seed, atol=atol, rtol=rtol,
                            tuning_db=tuning_db, progress=_progress_line)
     _print_summary(result.artifact, result.manifest)

@@ -111,9 +111,6 @@ def register(app: typer.Typer) -> None:
         shapes = parse_shape_overrides(input_shape)
         if not model.is_file():
             raise UsageError(f"model file {model} does not exist")
-        from compile.model_check import check_onnx_external_data
-
-        check_onnx_external_data(model)
         progress = RichProgress(quiet)
         try:
             summary = tune_model(model, tgt, db, trials=trials, budget_s=budget_s, rpc=spec, input_shapes=shapes,
