@@ -451,6 +451,7 @@ def tune_model(
     db_dir = Path(db_dir) if db_dir is not None else tuning_db.default_db_dir(target)
     tuning_db.check_writable(db_dir)
     tuning_db.check_target(db_dir, target)
+    tuning_db.check_readable(db_dir)
     if target.cross_compiler:
         from .build import toolchain
 

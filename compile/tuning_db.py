@@ -192,12 +192,10 @@ def locked(db_dir: Path) -> Iterator[None]:
 
 def open_db(db_dir: Path, *, create: bool):
     """The MetaSchedule JSONDatabase of `db_dir` (repaired first when it can be written)."""
-    from tvm.s_tir import meta_schedule as ms
-
     if create:
         db_dir.mkdir(parents=True, exist_ok=True)
         repair(db_dir)
-    return ms.database.JSONDatabase(work_dir=str(db_dir), allow_missing=create, module_equality="structural")
+    return _json_database(db_dir, db_dir, allow_missing=create)
 
 
 def read_tasks(db_dir: Path) -> dict[str, dict[str, Any]]:
@@ -263,6 +261,12 @@ class ApplyResult:
     kept_default: list[str]
 
 
+def check_readable(db_dir: Path) -> None:
+    """Refuse, before any work, an existing database whose records TVM cannot parse (nothing is written)."""
+    if (db_dir / WORKLOADS).exists() or (db_dir / RECORDS).exists():
+        load_readonly(db_dir)
+
+
 def check_database(db_dir: Path, target: Target) -> None:
     """Validate a database given to compile: an existing directory with records for this target."""
     if not db_dir.is_dir():
@@ -270,19 +274,34 @@ def check_database(db_dir: Path, target: Target) -> None:
     if not (db_dir / WORKLOADS).exists() or not (db_dir / RECORDS).exists():
         raise UsageError(f"{db_dir} is not a tuning database (no {WORKLOADS} / {RECORDS}); run `autoglm tune` to make one")
     check_target(db_dir, target)
+    load_readonly(db_dir)  # parse it now: a corrupt database is one line about the database, not a failed build
 
 
 def load_readonly(db_dir: Path):
-    """An in-memory copy of the database (a damaged last line is skipped; the files are not touched)."""
-    from tvm.s_tir import meta_schedule as ms
+    """An in-memory copy of the database (a damaged last line is skipped; the files are not touched).
 
+    Raises TuningError when TVM cannot parse a workload or record (hand-edited or foreign files).
+    """
     workloads, _ = _read_raw(db_dir / WORKLOADS)
     records, _ = _read_raw(db_dir / RECORDS)
     with tempfile.TemporaryDirectory(prefix="autoglm-db-") as tmp:
         _rewrite(Path(tmp, WORKLOADS), [line for _, line in workloads])
         _rewrite(Path(tmp, RECORDS), [line for _, line in _valid_records(records, len(workloads))])
         # JSONDatabase reads everything at construction and writes only on commit (none happen here)
-        return ms.database.JSONDatabase(work_dir=tmp, allow_missing=False, module_equality="structural")
+        return _json_database(tmp, db_dir, allow_missing=False)
+
+
+def _json_database(work_dir: str | Path, db_dir: Path, *, allow_missing: bool):
+    """MetaSchedule's JSONDatabase over `work_dir`; a line TVM cannot parse is a TuningError naming `db_dir`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        return ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=allow_missing, module_equality="structural")
+    except Exception as exc:  # TVM raises its own error types for every kind of bad line
+        text = str(exc).strip()
+        reason = text.splitlines()[-1] if text else type(exc).__name__
+        raise TuningError(f"tuning database {db_dir} is corrupt (TVM cannot read its records: {reason[:160]}); "
+                          f"move it away or use another --db") from None
 
 
 def ApplyTuningRecords(db_dir: Path, target: Target, result: ApplyResult):  # noqa: N802 - a pass constructor

@@ -299,6 +299,13 @@ def _file(c: Ctx, name: str, data: bytes | str = b"data\n") -> Path:
     return p
 
 
+def _corrupt_db(c: Ctx) -> Path:
+    """A tuning database whose lines are valid JSON that TVM cannot parse as workloads and records."""
+    _file(c, "db/database_workload.json", '["not-a-workload", "x"]\n')
+    _file(c, "db/database_tuning_record.json", '[0, [1, 2, 3]]\n')
+    return c.d / "db"
+
+
 X = (1, 3, 32, 32)
 CASES = [
     # compile: the model file
@@ -339,6 +346,8 @@ CASES = [
          ("is a file",)),
     Case("compile-tuning-db-missing", lambda c: ["compile", c.onnx, "--tuning-db", c.d / "nodb", "-o", c.d / "out"], 2,
          ("does not exist",)),
+    Case("compile-tuning-db-corrupt", lambda c: ["compile", c.onnx, "--tuning-db", _corrupt_db(c), "-o", c.d / "out"], 1,
+         ("tuning database", "is corrupt", "another --db")),
     Case("compile-unknown-option", lambda c: ["compile", c.onnx, "--nope", "-o", c.d / "out"], 2, ("No such option",)),
     Case("compile-missing-output", lambda c: ["compile", c.onnx], 2, ("Missing option",)),
     Case("compile-missing-model-argument", lambda c: ["compile"], 2, ("Missing argument",)),
@@ -523,6 +532,8 @@ CASES = [
          ("loopback", "--allow-remote-tracker")),
     Case("tune-rpc-malformed", lambda c: ["tune", c.onnx, "--trials", "4", "--rpc", "nohost", "--db", c.d / "db"], 2,
          ("HOST:PORT",)),
+    Case("tune-db-corrupt", lambda c: ["tune", c.onnx, "--trials", "4", "--db", _corrupt_db(c)], 1,
+         ("tuning database", "is corrupt")),
     Case("tune-no-budget", lambda c: ["tune", c.onnx, "--db", c.d / "db"], 2, ("--trials N or --budget",)),
     Case("tune-trials-zero", lambda c: ["tune", c.onnx, "--trials", "0", "--db", c.d / "db"], 2, ("--trials 0",)),
     Case("tune-bad-budget", lambda c: ["tune", c.onnx, "--budget", "5x", "--db", c.d / "db"], 2, ("not a duration",)),
