@@ -86,7 +86,49 @@ def schedule_passes(target: Target) -> list:
 
     return [
         ScheduleKernels(target),
-        relax.transform.SplitLayoutRewritePreproc(),
+        SplitWeightPrepack(),
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(),
     ]
+
+
+PREPACK_ANNOTATION = "meta_schedule.layout_rewrite_preproc"
+
+
+def _has_prepack_block(func) -> bool:
+    import tvm_ffi
+    from tvm import s_tir
+
+    hit: list = []
+
+    def visit(block):
+        if PREPACK_ANNOTATION in block.annotations:
+            hit.append(block)
+
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, visit), order="post")
+    return bool(hit)
+
+
+def SplitWeightPrepack():  # noqa: N802 - a pass constructor
+    """TVM's SplitLayoutRewritePreproc, shown only the kernels that have a weight-prepack stage.
+
+    TVM's pass visits every PrimFunc and aborts on one whose body holds no compute block (kernels
+    TOPI writes with its IR builder, e.g. scatter_elements); the other kernels are left out of its
+    view and put back unchanged.
+    """
+    import tvm
+    from tvm import relax, tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="AutoglmSplitWeightPrepack")
+    def _pass(mod, _ctx):
+        prims = {gv: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+        hidden = {gv: f for gv, f in prims.items() if not _has_prepack_block(f)}
+        if len(hidden) == len(prims):
+            return mod
+        shown = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv not in hidden}, attrs=mod.attrs)
+        out = relax.transform.SplitLayoutRewritePreproc()(shown)
+        for gv, f in hidden.items():
+            out[gv] = f
+        return out
+
+    return _pass
