@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 from targets import Target
 
 from .errors import CompileFailure, ToolchainError
+from .native_stderr import quiet_native_stderr
 from .explain import kernel_table
 from .frontend import TensorSpec, _one_line
 from .progress import Stages
@@ -119,8 +121,10 @@ def cpu_front_passes(tt) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     from .fast_math import fast_math_pass
+    from .index_bounds import ClampIndices
 
-    return cpu_generic.library_dispatch_passes(tt) + [fast_math_pass()] + cpu_generic.legalize_passes(tt)
+    return ([ClampIndices()] + cpu_generic.library_dispatch_passes(tt) + [fast_math_pass()]
+            + cpu_generic.legalize_passes(tt))
 
 
 def relax_pipeline(target: Target, tuning_passes: list | None = None):
@@ -137,7 +141,9 @@ def relax_pipeline(target: Target, tuning_passes: list | None = None):
 
     tt = tvm_target(target)
     if target.device == "cuda":
-        return relax.get_default_pipeline(tt)
+        from .index_bounds import ClampIndices
+
+        return tvm.transform.Sequential([ClampIndices(), relax.get_default_pipeline(tt)])
     return tvm.transform.Sequential(
         cpu_front_passes(tt)
         + list(tuning_passes or [])  # tuned records first; the default rules schedule the rest
@@ -165,20 +171,20 @@ def build_library(mod, target: Target, lib_path: Path, output_names: list[str],
     outputs = _output_specs(mod, output_names)
     graph_ops = _count_graph_ops(mod)
     try:
-        with stages.stage("fuse + schedule"), tt:
+        with stages.stage("fuse + schedule"), tt, quiet_native_stderr():
             lowered = relax_pipeline(target, tuning_passes_for(tuning_db, target))(mod)
         kernels, launches, names, planned, weights = _lowered_stats(lowered)
         rows = kernel_table(lowered)
-        with stages.stage("LLVM codegen"), tt:
+        with stages.stage("LLVM codegen"), tt, quiet_native_stderr():
             ex = tvm.compile(lowered, target=tt, relax_pipeline=None)
     except Exception as exc:
         raise CompileFailure(f"TVM could not build the model for {target.name}: {_one_line(exc)}") from None
     try:
-        with stages.stage("link"):
-            if compiler:
-                ex.export_library(str(lib_path), fcompile=tvm.support.cc.cross_compiler(compiler))
-            else:
-                ex.export_library(str(lib_path))
+        # TVM's object files go beside the library, not into /tmp: inside a staging folder they are removed
+        # with it, also after a kill (the next compile of the same -o cleans stale staging folders)
+        with stages.stage("link"), tempfile.TemporaryDirectory(prefix=".link-", dir=lib_path.parent) as work:
+            fcompile = tvm.support.cc.cross_compiler(compiler) if compiler else None
+            ex.export_library(str(lib_path), fcompile=fcompile, workspace_dir=work)
     except Exception as exc:
         raise CompileFailure(f"linking the library for {target.name} failed: {_one_line(exc)}") from None
     stats = BuildStats(graph_ops, kernels, launches, names, planned, weights, outputs, rows)

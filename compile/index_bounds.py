@@ -1,9 +1,16 @@
-"""Which model inputs index a table, and the range their values must stay in.
+"""Index safety: which model inputs index a table, and kernels that never read or write outside one.
 
-TVM compiles `take` (ONNX Gather, embedding lookups) and `gather_elements` in "fast" mode: an
-index past the table reads memory outside it (garbage, or a segfault). onnxruntime refuses such
-indices. The toolkit records, per integer input that reaches such an op's indices unchanged,
-the range [lo, hi] every value must lie in; both runtimes check inputs against it before running.
+TVM compiles `take` (ONNX Gather, embedding lookups), `gather_elements`, `gather_nd` and the
+scatters without bounds checks: an index past the table reads (or writes) memory outside it
+(garbage, or a segfault). onnxruntime refuses such indices. Two layers:
+
+- `input_index_bounds`: per integer input that reaches such an op's indices unchanged, the range
+  [lo, hi] every value must lie in; both runtimes check inputs against it before running, so a
+  bad token id is one line naming the input.
+- `ClampIndices`: a pass that clamps every index inside its axis in the kernel itself (`take` in
+  "clip" mode, min/max before the other ops), so an index computed from an input any other way
+  still stays inside the table. The clamp runs after ONNX's negative-index normalisation, costs
+  two integer min/max per index, and leaves in-range indices unchanged.
 
 Only value-preserving ops are followed from an input to the indices (reshape, cast, slicing,
 transpose, ...) and ONNX's negative-index normalisation `where(x < 0, x + n, x)`, which makes
@@ -21,7 +28,12 @@ _VALUE_PRESERVING = {
     "relax.flatten", "relax.broadcast_to", "relax.strided_slice", "relax.flip", "relax.tile",
     "relax.repeat",
 }
-_INDEXING = {"relax.take": 1, "relax.gather_elements": 1}  # op -> position of the indices argument
+# op -> position of the indices argument
+_INDEXING = {"relax.take": 1, "relax.gather_elements": 1, "relax.scatter_elements": 1,
+             "relax.gather_nd": 1, "relax.scatter_nd": 1}
+_ND = {"relax.gather_nd", "relax.scatter_nd"}  # the indices' last axis indexes several data axes
+# ops whose kernel itself maps an index i < 0 to i + n (the ONNX importer normalises the others' indices)
+_NEGATIVE_OK = {"relax.scatter_elements"}
 
 
 def _op_name(call: Any) -> str:
@@ -104,9 +116,72 @@ def input_index_bounds(mod: Any, input_names: list[str]) -> dict[str, list[int]]
             continue
         if _op_name(value) == "relax.take" and str(getattr(value.attrs, "mode", "fast")) != "fast":
             continue  # wrap and clip modes stay inside the table by construction
-        axis = getattr(value.attrs, "axis", 0)
-        n = _static_dim(value.args[0], int(axis)) if axis is not None else _static_size(value.args[0])
-        if n is None or n < 1:
+        extents = _index_extents(value)
+        # one range per input: an N-d index is bounded here only when all the axes it indexes are equally long
+        if not extents or len(set(extents)) != 1 or extents[0] < 1:
             continue
-        trace(value.args[_INDEXING[_op_name(value)]], 0, n - 1)
+        n = extents[0]
+        trace(value.args[_INDEXING[_op_name(value)]], -n if _op_name(value) in _NEGATIVE_OK else 0, n - 1)
     return {name: b for name, b in bounds.items() if b[0] <= b[1]}
+
+
+def _index_extents(call: Any) -> list[int] | None:
+    """The lengths of the data axes an indexing call's indices select along (one per index column)."""
+    name = _op_name(call)
+    data, indices = call.args[0], call.args[_INDEXING[name]]
+    if name in _ND:
+        try:
+            m = int(indices.ty.shape[-1])
+            batch = int(getattr(call.attrs, "batch_dims", 0) or 0)
+        except (AttributeError, TypeError, ValueError, IndexError):
+            return None
+        dims = [_static_dim(data, batch + k) for k in range(m)]
+        return None if any(d is None for d in dims) else dims  # type: ignore[return-value]
+    axis = getattr(call.attrs, "axis", 0)
+    n = _static_dim(data, int(axis)) if axis is not None else _static_size(data)
+    return None if n is None else [n]
+
+
+def ClampIndices():  # noqa: N802 - a pass constructor
+    """Relax pass: every `take`/`gather*`/`scatter*` index is clamped into its axis inside the kernel.
+
+    `take` switches from "fast" to "clip" mode; the others get `minimum(maximum(idx, 0), n - 1)`
+    (per index column for the N-d ops). Calls whose data shape is not static are left as they are.
+    """
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Clamp(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
+            call = super().visit_call_(call)
+            name = _op_name(call)
+            if name not in _INDEXING:
+                return call
+            if name == "relax.take":
+                if str(getattr(call.attrs, "mode", "fast")) != "fast":
+                    return call
+                return relax.op.take(call.args[0], call.args[1], call.attrs.axis, mode="clip")
+            extents = _index_extents(call)
+            pos = _INDEXING[name]
+            indices = call.args[pos]
+            dtype = str(getattr(indices.ty, "dtype", ""))
+            if not extents or min(extents) < 1 or not dtype.startswith(("int", "uint")):
+                return call
+            hi = np.asarray([e - 1 for e in extents] if name in _ND else extents[0] - 1, dtype=dtype)
+            lo = -extents[0] if name in _NEGATIVE_OK and not dtype.startswith("uint") else 0
+            clamped = relax.op.minimum(relax.op.maximum(indices, relax.const(lo, dtype)), relax.const(hi, dtype))
+            args = list(call.args)
+            args[pos] = self.builder_.emit(clamped)
+            return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+    @tvm.transform.module_pass(opt_level=0, name="AutoglmClampIndices")
+    def _pass(mod, _ctx):
+        mutator = _Clamp(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return _pass

@@ -536,3 +536,87 @@ def test_other_outputs_follow_the_umask(host_artifact, tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "out.npz").stat().st_mode & 0o777 == 0o644
+
+
+# ---- every indexing kernel stays inside its table, whatever index reaches it ----------------------------
+
+def _indexing_model(path: Path, op: str) -> tuple[Path, dict[str, np.ndarray]]:
+    """`op` on a 4x6 table whose indices are `ids * k`: an index the input check cannot bound (a Mul)."""
+    import onnx
+    from onnx import TensorProto as T, helper
+
+    x = helper.make_tensor_value_info("x", T.FLOAT, [4, 6])
+    ids_shape, extra, out_shape = {
+        "Gather": ([3], [], [3, 6]),
+        "GatherElements": ([4, 2], [], [4, 2]),
+        "GatherND": ([3, 2], [], [3]),
+        "ScatterElements": ([4, 2], [("u", [4, 2])], [4, 6]),
+        "ScatterND": ([2, 2], [("u", [2])], [4, 6]),
+    }[op]
+    attrs = {"axis": 1} if op in ("GatherElements", "ScatterElements") else {}
+    nodes = [helper.make_node("Mul", ["ids", "k"], ["i"]),
+             helper.make_node(op, ["x", "i", *[n for n, _ in extra]], ["y"], **attrs)]
+    inputs = [x, helper.make_tensor_value_info("ids", T.INT64, ids_shape), helper.make_tensor_value_info("k", T.INT64, [1]),
+              *[helper.make_tensor_value_info(n, T.FLOAT, s) for n, s in extra]]
+    g = helper.make_graph(nodes, op, inputs, [helper.make_tensor_value_info("y", T.FLOAT, out_shape)])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    rng = np.random.default_rng(0)
+    ids = {"Gather": [-4, 0, 3], "GatherElements": [[-6, 5], [0, 1], [2, -1], [3, 4]],
+           "GatherND": [[-1, 0], [3, -6], [2, 5]], "ScatterElements": [[-1, 0], [5, 2], [1, 3], [4, -6]],
+           "ScatterND": [[-1, 0], [3, -6]]}[op]
+    feed = {"x": rng.standard_normal((4, 6)).astype(np.float32), "ids": np.array(ids, np.int64),
+            "k": np.array([1], np.int64), **{n: np.ones(s, np.float32) for n, s in extra}}
+    return path, feed
+
+
+@pytest.mark.parametrize("op", ["Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND"])
+def test_computed_indices_are_clamped_inside_the_table(op, tmp_path, host_runtime):
+    """In range (negative ones too) the kernel matches onnxruntime; far out of range it stays inside the table."""
+    import onnxruntime as ort
+
+    from compile import compile_model
+    from targets import load_target
+    from toolkit import native
+
+    model, feed = _indexing_model(tmp_path / f"{op}.onnx", op)
+    art = compile_model(model, load_target("host"), tmp_path / "art", verify=False).artifact
+    want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.save(tmp_path / "x.npy", feed["x"])
+    args = [f"{n}={tmp_path / (n + '.npy')}" for n in feed]
+    for name, arr in feed.items():
+        np.save(tmp_path / f"{name}.npy", arr)
+    proc = run_cli("run", art, *[a for x in args for a in ("--input", x)], "-o", tmp_path / "ok.npz")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "ok.npz")["y"], want, atol=1e-6)
+    # k = 10**6 (and -10**6): every index far outside; onnxruntime refuses, ours must neither crash nor read outside
+    for k in (10**6, -(10**6)):
+        np.save(tmp_path / "k.npy", np.array([k], np.int64))
+        proc = run_cli("run", art, *[a for x in args for a in ("--input", x)], "-o", tmp_path / "far.npz")
+        assert proc.returncode == 0, proc.stderr
+        got = np.load(tmp_path / "far.npz")["y"]
+        assert np.isfinite(got).all()
+        if op.startswith("Gather"):  # clamped to the first or last entry of its axis: values of the table itself
+            assert np.isin(got, feed["x"]).all()
+        run = native.run_artifact(art, {**feed, "k": np.array([k], np.int64)}, repeat=0, runtime_dir=host_runtime)
+        np.testing.assert_array_equal(run.outputs["y"], got)
+
+
+def test_gather_nd_over_equal_axes_records_its_range(tmp_path):
+    """An N-d index whose axes are all of one length is checked at the input, like an embedding id."""
+    import onnx
+    from onnx import TensorProto as T, helper
+
+    from compile import UsageError, compile_model
+    from targets import load_target
+    from toolkit import runtime as py_runtime
+
+    g = helper.make_graph([helper.make_node("GatherND", ["x", "ids"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", T.FLOAT, [5, 5, 3]),
+                           helper.make_tensor_value_info("ids", T.INT64, [4, 2])],
+                          [helper.make_tensor_value_info("y", T.FLOAT, [4, 3])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    res = compile_model(tmp_path / "g.onnx", load_target("host"), tmp_path / "art", verify=False)
+    assert res.manifest["index_bounds"] == {"ids": [-5, 4]}
+    with pytest.raises(UsageError, match=r"holds 5 at \[3, 1\]"):
+        py_runtime.load(res.artifact).run({"x": np.zeros((5, 5, 3), np.float32),
+                                           "ids": np.array([[0, 0], [4, 4], [-5, -1], [1, 5]], np.int64)})
