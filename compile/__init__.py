@@ -96,8 +96,9 @@ def verify_emulated(staged: Path, model: ImportedModel, target: Target, *, seed:
     from .native import emulator_name, run_artifact
 
     ref, inputs, expected = _reference_run(model, seed)
+    # the run's files go into the staging folder (beside the staged artifact), never into /tmp
     run = run_artifact(staged, {s.name: inputs[s.name] for s in model.inputs}, emulate=True, warmup=0, repeat=0,
-                       threads=min(2, target.threads))
+                       threads=min(2, target.threads), scratch_dir=staged.parent)
     actual = [run.outputs[name] for name in run.outputs]
     result = compare(actual, expected, atol, rtol)
     return {"reference": ref.name, "reference_version": ref.version, "seed": seed,

@@ -395,6 +395,7 @@ def run_artifact(
     seed: int = 0,
     runtime_dir: Path | None = None,
     timeout: float | None = 600,
+    scratch_dir: Path | None = None,
 ) -> NativeRunResult:
     """Run an artifact with the C++ runner and return its outputs and timings.
 
@@ -404,6 +405,7 @@ def run_artifact(
     `repeat=0` runs once, untimed. `threads` sizes TVM's CPU thread pool (None: TVM's default). `runtime_dir` is a
     build from `build_runtime` for the artifact's architecture
     (default: build or reuse the cached one). The runner verifies checksums and architecture itself.
+    `scratch_dir` holds the input/output files of the run (default: the system's temporary directory).
     """
     artifact_dir = Path(artifact_dir)
     arch = read_manifest(artifact_dir)["target"]["arch"]
@@ -424,7 +426,7 @@ def run_artifact(
         raise NativeRuntimeError(f"{runner} does not exist: build it with `autoglm runtime build --target {arch}`",
                                  "ToolMissing")
 
-    with tempfile.TemporaryDirectory(prefix="autoglm-native-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="autoglm-native-", dir=scratch_dir) as tmp_name:
         tmp = Path(tmp_name)
         out_dir = tmp / "outputs"
         out_dir.mkdir()

@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import ToolchainError
 from .frontend import ONNX, TensorSpec
+from .native_stderr import quiet_native_stderr
 
 # Integer inputs are usually indices (token ids, positions): keep them small so they are in range.
 _INDEX_HIGH = 4
@@ -56,6 +57,11 @@ class ReferenceRuntime:
 
     @classmethod
     def open(cls, model_path: Path, fmt: str, threads: int = 1) -> "ReferenceRuntime":
+        with quiet_native_stderr():  # LiteRT announces its XNNPACK delegate on every interpreter
+            return cls._open(model_path, fmt, threads)
+
+    @classmethod
+    def _open(cls, model_path: Path, fmt: str, threads: int) -> "ReferenceRuntime":
         if fmt == ONNX:
             import onnxruntime as ort
 
@@ -89,7 +95,8 @@ class ReferenceRuntime:
                 interp.resize_tensor_input(d["index"], arr.shape)
                 resized = True
         if resized:
-            interp.allocate_tensors()
+            with quiet_native_stderr():
+                interp.allocate_tensors()
         for d in interp.get_input_details():
             interp.set_tensor(d["index"], inputs[d["name"]])
         interp.invoke()

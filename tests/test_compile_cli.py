@@ -100,6 +100,50 @@ def test_compile_tflite_verified_against_litert(small_tflite, tmp_path):
     assert m["model"]["format"] == "tflite"
     assert m["verification"]["reference"] in ("litert", "tflite-runtime") and m["verification"]["passed"] is True
     assert "verify:  passed against litert" in proc.stdout
+    _only_stage_lines(proc.stderr)  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" is not shown
+
+
+def _only_stage_lines(stderr: str) -> None:
+    """A successful compile's stderr is its stage timings, nothing else (no TVM/LiteRT info or warnings)."""
+    import re
+
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert lines and all(re.fullmatch(r"  [a-zA-Z +]+: [0-9.]+ s", ln) for ln in lines), stderr
+
+
+def test_compile_of_a_gather_and_a_scatter_prints_no_native_warnings(tmp_path):
+    """TOPI's take ("Fast mode segfaults...") and IR-builder kernels ("Unknown pragma") warn from C++ on fd 2."""
+    import onnx
+    from onnx import TensorProto as T, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "W")
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["W", "ids"], ["e"]),
+         helper.make_node("ScatterElements", ["e", "pos", "u"], ["y"], axis=1)], "g",
+        [helper.make_tensor_value_info("ids", T.INT64, [3]), helper.make_tensor_value_info("pos", T.INT64, [3, 1]),
+         helper.make_tensor_value_info("u", T.FLOAT, [3, 1])],
+        [helper.make_tensor_value_info("y", T.FLOAT, [3, 4])], [table])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    proc = run_cli("compile", tmp_path / "g.onnx", "-o", tmp_path / "out", check=True)
+    _only_stage_lines(proc.stderr)
+
+
+def test_native_stderr_filter_keeps_everything_else():
+    """Only the listed lines are dropped; other C-level writes to fd 2 pass through, in order."""
+    code = (
+        "import os\n"
+        "from compile.native_stderr import quiet_native_stderr\n"
+        "with quiet_native_stderr():\n"
+        "    os.write(2, b'keep 1\\nINFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+        "    with quiet_native_stderr():\n"
+        "        os.write(2, b'[1:2:3] /x/transform.h:1261: Warning: Fast mode segfaults when there are out-of-bounds"
+        " indices. Make sure input indices are in bound\\nkeep 2\\n')\n"
+        "    os.write(2, b'no newline')\n"
+        "os.write(2, b'|after')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0 and proc.stderr == b"keep 1\nkeep 2\nno newline|after", proc.stderr
 
 
 class _Flatten(torch.nn.Module):
