@@ -96,6 +96,11 @@ def test_invalid_target_file(convnet_onnx, tmp_path):
     assert_user_error(run_cli("targets", "--targets-dir", tmp_path), 2, "broken.toml", "missing required key")
 
 
+def test_targets_refuses_a_cpu_llvm_does_not_know(tmp_path):
+    (tmp_path / "odd.toml").write_text(RPI4.replace('name = "rpi4"', 'name = "odd"').replace("cortex-a72", "cortex-a999"))
+    assert_user_error(run_cli("targets", "--targets-dir", tmp_path), 2, "odd.toml", "mcpu 'cortex-a999'", "did you mean")
+
+
 def test_bad_input_shape_flag(convnet_onnx, tmp_path):
     out = tmp_path / "out"
     assert_user_error(run_cli("compile", convnet_onnx, "--input-shape", "x=1,three", "-o", out), 2, "NAME=D0,D1")

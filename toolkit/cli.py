@@ -31,7 +31,11 @@ def targets_cmd(targets_dir: TargetsDir = None, as_json: Annotated[bool, typer.O
     """List the known targets and whether this machine can build for and run them."""
     import json
 
+    from compile.target_check import check_llvm_cpus
+
     found = targets_mod.list_targets(targets_dir)
+    for t in found:
+        check_llvm_cpus(t)  # a CPU name LLVM does not know is as wrong as a bad field: same one line
     if as_json:
         rows = [{"name": t.name, "arch": t.arch, "device": t.device, "tvm_target": t.tvm, "toolchain": t.cross_compiler or "g++",
                  "toolchain_found": t.toolchain_found(), "emulator": t.emulator, "runs_here": t.runnable_here(),
