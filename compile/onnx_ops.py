@@ -392,7 +392,62 @@ def _as_converter(cls: type) -> type:
     return type(cls.__name__, (cls, OnnxOpConverter), {"__doc__": cls.__doc__})
 
 
+def _clip_override() -> type:
+    """ONNX Clip as `relax.op.maximum`/`minimum` with scalar constants where its bounds are constants.
+
+    TVM's converter emits `topi.maximum`/`minimum` through `emit_te`: opaque calls that stop layout
+    conversion (NCHWc) at every ReLU6. Bounds that are run-time tensors keep TVM's converter; a NaN
+    bound means "unbounded", as in onnxruntime.
+    """
+    from tvm import relax
+    from tvm.relax.frontend.onnx.onnx_frontend import Clip as TvmClip
+
+    def scalar(bound, params) -> float | None:
+        if bound is None:
+            return None
+        value = _const_array(bound, params)
+        if value is None or value.size != 1:
+            raise LookupError  # not a constant: TVM's converter handles it
+        return float(value.reshape(()))
+
+    def clamp(x, lo: float | None, hi: float | None):
+        dtype = _dtype(x)
+        if lo is not None and not np.isnan(lo) and lo != -np.inf:
+            x = relax.op.maximum(x, relax.const(lo, dtype))
+        if hi is not None and not np.isnan(hi) and hi != np.inf:
+            x = relax.op.minimum(x, relax.const(hi, dtype))
+        return x
+
+    class Clip(TvmClip):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            return clamp(inputs[0], float(attr.get("min", -np.inf)), float(attr.get("max", np.inf)))
+
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            try:
+                lo, hi = scalar(inputs[1], params), scalar(inputs[2], params)
+            except LookupError:
+                return TvmClip._impl_v13(bb, inputs, attr, params)
+            return clamp(inputs[0], lo, hi)
+
+        @classmethod
+        def _impl_v11(cls, bb, inputs, attr, params):
+            return cls._impl_v13(bb, inputs, attr, params)
+
+    return Clip
+
+
 _CONVERTERS: dict[str, type] | None = None
+_OVERRIDES: dict[str, type] | None = None
+
+
+def overrides() -> dict[str, type]:
+    """ONNX op type -> the toolkit's converter used instead of TVM's."""
+    global _OVERRIDES
+    if _OVERRIDES is None:
+        _OVERRIDES = {"Clip": _clip_override()}
+    return _OVERRIDES
 
 
 def converters() -> dict[str, type]:
@@ -408,7 +463,8 @@ def toolkit_converters() -> Iterator[None]:
     """Within the block, TVM's ONNX importer also knows the toolkit's converters.
 
     The importer looks its map up through the module function `_get_convert_map()` on every node, so
-    wrapping that function is enough; TVM's own converters win where both exist. Re-entrant.
+    wrapping that function is enough; TVM's own converters win where both exist, except the
+    `overrides()`. Re-entrant.
     """
     global _patch_depth
     from tvm.relax.frontend.onnx import onnx_frontend
@@ -418,7 +474,7 @@ def toolkit_converters() -> Iterator[None]:
             original = onnx_frontend._get_convert_map
 
             def with_toolkit_ops():
-                return {**converters(), **original()}
+                return {**converters(), **original(), **overrides()}
 
             with_toolkit_ops.__wrapped__ = original  # type: ignore[attr-defined]
             onnx_frontend._get_convert_map = with_toolkit_ops
