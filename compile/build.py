@@ -116,15 +116,25 @@ def _lowered_stats(mod) -> tuple[int, int, list[str], int, int]:
     return len(kernels), launches, kernels, storage, weights
 
 
-def cpu_front_passes(tt) -> list:
-    """Library dispatch, fast math and legalization: the CPU pipeline up to fusion (tuning extracts its tasks here)."""
+def cpu_front_passes(tt, target: Target | None = None) -> list:
+    """Library dispatch, fast math, blocked layouts and legalization: the CPU pipeline up to fusion.
+
+    Tuning extracts its tasks here. With `target`, convolutions go to the blocked NCHW[x]c layout of
+    `compile/layout.py` (its block is the target's vector width); without, they stay NCHW.
+    """
+    import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     from .fast_math import fast_math_pass
     from .index_bounds import ClampIndices
+    from .layout import blocked_layout_passes, legalize_map
 
-    return ([ClampIndices()] + cpu_generic.library_dispatch_passes(tt) + [fast_math_pass()]
-            + cpu_generic.legalize_passes(tt))
+    layout = blocked_layout_passes(target) if target is not None else []
+    legalize = cpu_generic.legalize_passes(tt)
+    if layout:
+        # TVM's conv2d legalization refuses 5-D layouts: the blocked convs get the toolkit's computes
+        legalize = [tvm.relax.transform.LegalizeOps(legalize_map())] + legalize[1:]
+    return [ClampIndices()] + cpu_generic.library_dispatch_passes(tt) + [fast_math_pass()] + layout + legalize
 
 
 def relax_pipeline(target: Target, tuning_passes: list | None = None):
@@ -145,7 +155,7 @@ def relax_pipeline(target: Target, tuning_passes: list | None = None):
 
         return tvm.transform.Sequential([ClampIndices(), relax.get_default_pipeline(tt)])
     return tvm.transform.Sequential(
-        cpu_front_passes(tt)
+        cpu_front_passes(tt, target)
         + list(tuning_passes or [])  # tuned records first; the default rules schedule the rest
         + schedule_passes(target)
         + cpu_generic.dataflow_lower_passes(tt)

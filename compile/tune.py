@@ -242,7 +242,7 @@ def fused_module(mod, target: Target):
 
     tt = tvm.target.Target(target.tvm)
     with tt:
-        return tvm.transform.Sequential(cpu_front_passes(tt))(mod)
+        return tvm.transform.Sequential(cpu_front_passes(tt, target))(mod)
 
 
 def _default_schedule(task_mod, target: Target):

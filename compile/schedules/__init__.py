@@ -22,7 +22,10 @@ def schedule_func(func, cfg: CpuConfig, tvm_target):
     """The scheduled PrimFunc and its rule name, or (None, None) when no rule applies."""
     from . import rules
 
+    from .nchwc import conv2d_nchwc
+
     attempts = (
+        lambda f: conv2d_nchwc(f, cfg),
         lambda f: rules.conv2d_packed(f, cfg),
         lambda f: rules.tiled_reduction(f, cfg),
         lambda f: rules.reduction(f, cfg, tvm_target),

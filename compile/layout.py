@@ -1,0 +1,245 @@
+"""Blocked activation layouts (NCHW[x]c) for CPU convolutions, end to end through the graph.
+
+How a model gets there (all Relax passes, before legalization; see `blocked_layout_passes`):
+
+1. `ConvertLayout` with a per-conv callback: a conv whose output channels divide by the block
+   writes NCHW[b]c; its input is NCHW[b]c too when its input channels divide by the block, else
+   (the RGB stem) it reads NCHW[C]c, i.e. the whole of its few channels as one block, with no
+   reorder of the input. Depthwise convs keep the block through. Elementwise ops (bias add,
+   ReLU6 as max/min, residual adds) follow the layout of their inputs, so layout transforms
+   are left only where a chain of convs starts or ends (graph inputs/outputs, pooling + flatten).
+2. `EliminateCommonSubexpr` (ConvertLayout emits one boundary transform per consumer) and
+   `FoldConstant`: weights and biases are repacked at compile time (OIHW[b]i[b]o, OIHW1i[b]o).
+3. `relax.nn.conv2d` in a blocked layout is legalized to this module's TE computes, whose main
+   blocks `conv2d_nchwc` / `depthwise_conv2d_nchwc` the register-tiled schedules of
+   `compile/schedules/nchwc.py` recognise. (TVM 0.27's default legalization refuses 5-D layouts
+   and its `depthwise_conv2d_NCHWc` is a stub.)
+
+The block is the target's fp32 vector width (8 on AVX2, 16 on AVX-512, 4 on NEON), or 8 on AVX-512
+when more of the model's convs divide by 8 than by 16 (MobileNetV2's 24/144 channels). Convs whose
+channels do not divide by the block stay NCHW, with the NCHW rules of `compile/schedules/rules.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from targets import Target
+
+CONV = "relax.nn.conv2d"
+
+
+def block_candidates(target: Target) -> list[int]:
+    """Channel blocks for `target`, widest first: its fp32 vector width, and half of it on 16-lane ISAs
+    (a 24-channel net is blocked by 8 on AVX-512 rather than left unblocked). Empty: no blocking."""
+    from .schedules import cpu_config
+
+    lanes = cpu_config(target).lanes(32)
+    if target.device != "cpu" or lanes < 4:
+        return []
+    return [lanes, lanes // 2] if lanes >= 16 else [lanes]
+
+
+def _conv_layouts(call: Any, block: int) -> list[str] | None:
+    """[data, kernel, out] layouts for one NCHW fp32 conv2d, or None to leave it as it is."""
+    attrs = call.attrs
+    if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW":
+        return None
+    x, w = call.args
+    try:
+        cin, cout = int(x.ty.shape[1]), int(w.ty.shape[0])
+        if str(x.ty.dtype) != "float32" or str(w.ty.dtype) != "float32":
+            return None
+        int(x.ty.shape[2]), int(x.ty.shape[3])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    groups = int(attrs.groups)
+    if cout % block:
+        return None
+    if groups == 1:
+        ib = block if cin % block == 0 else cin
+        if ib != block and cin > block:
+            return None  # many channels, not a multiple of the block: stays NCHW
+        return [f"NCHW{ib}c", f"OIHW{ib}i{block}o", f"NCHW{block}c"]
+    if groups == cin == cout:
+        return [f"NCHW{block}c", f"OIHW1i{block}o", f"NCHW{block}c"]
+    return None
+
+
+def _conv_calls(mod) -> list:
+    from tvm import relax
+
+    calls: list = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == CONV:
+            calls.append(expr)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return calls
+
+
+def choose_block(mod, candidates: list[int]) -> int | None:
+    """The widest candidate block that puts as many of the model's convs into the blocked layout as any."""
+    calls = _conv_calls(mod)
+    covered = {b: sum(1 for c in calls if _conv_layouts(c, b)) for b in candidates}
+    most = max(covered.values(), default=0)
+    if most == 0:
+        return None
+    return next(b for b in candidates if covered[b] == most)
+
+
+def convert_layout_pass(candidates: list[int]):
+    """Relax ConvertLayout with the per-conv callback of this module, at the block `choose_block` picks."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name="AutoglmBlockedLayout")
+    def _pass(mod, _ctx):
+        block = choose_block(mod, candidates)
+        if block is None:
+            return mod
+
+        def layout_cb(call):
+            if getattr(call.op, "name", "") != CONV:
+                return {}
+            layouts = _conv_layouts(call, block)
+            return {CONV: layouts} if layouts else {}
+
+        try:
+            return relax.transform.ConvertLayout({}, layout_cb)(mod)
+        except Exception:  # noqa: BLE001 - TVM's layout inference of some op cannot take the block
+            # (e.g. 0.27 aborts on some Resize/ConvTranspose graphs): the model stays NCHW, still correct
+            return mod
+
+    return _pass
+
+
+def _conv_nchwc(data, kernel, strides, padding, dilation, out_dtype):
+    """out[n, ob, y, x, oi] = sum_{icb, kh, kw, ici} pad(data)[n, icb, y*s + kh*d, x*s + kw*d, ici] * W[ob, icb, kh, kw, ici, oi]."""
+    from tvm import te, topi
+
+    n, icb_n, h, w, ib = (int(d) for d in data.shape)
+    ob_n, _, kh, kw, _, obs = (int(d) for d in kernel.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    pt, pl, pb, pr = padding
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    padded = topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], name="pad_nchwc") if any(padding) else data
+    icb = te.reduce_axis((0, icb_n), "icb")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    ici = te.reduce_axis((0, ib), "ici")
+    return te.compute(
+        (n, ob_n, oh, ow, obs),
+        lambda b, ob, y, x, oi: te.sum(
+            (padded[b, icb, y * sh + ry * dh, x * sw + rx * dw, ici] * kernel[ob, icb, ry, rx, ici, oi]).astype(out_dtype),
+            axis=[icb, ry, rx, ici]),
+        name="conv2d_nchwc")
+
+
+def _depthwise_nchwc(data, kernel, strides, padding, dilation, out_dtype):
+    """out[n, cb, y, x, ci] = sum_{kh, kw} pad(data)[n, cb, y*s + kh*d, x*s + kw*d, ci] * W[cb, 0, kh, kw, 0, ci]."""
+    from tvm import te, topi
+
+    n, cb_n, h, w, bs = (int(d) for d in data.shape)
+    kh, kw = int(kernel.shape[2]), int(kernel.shape[3])
+    (sh, sw), (dh, dw) = strides, dilation
+    pt, pl, pb, pr = padding
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    padded = topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], name="pad_nchwc") if any(padding) else data
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    return te.compute(
+        (n, cb_n, oh, ow, bs),
+        lambda b, c, y, x, ci: te.sum(
+            (padded[b, c, y * sh + ry * dh, x * sw + rx * dw, ci] * kernel[c, 0, ry, rx, 0, ci]).astype(out_dtype),
+            axis=[ry, rx]),
+        name="depthwise_conv2d_nchwc")
+
+
+def legalize_conv2d(bb, call):
+    """Legalize `relax.nn.conv2d`: blocked layouts to this module's computes, the rest to TVM's."""
+    import tvm
+
+    attrs = call.attrs
+    data_layout, out_layout = str(attrs.data_layout), str(attrs.out_layout)
+    if data_layout == "NCHW" and out_layout == "NCHW" or len(call.args[0].ty.shape) != 5:
+        return tvm.ir.Op.get(CONV).get_attr("FLegalize")(bb, call)
+    strides = [int(s) for s in attrs.strides]
+    padding = [int(p) for p in attrs.padding]
+    dilation = [int(d) for d in attrs.dilation]
+    out_dtype = str(attrs.out_dtype)
+    if out_dtype in ("", "void", "None"):  # "same as the input"
+        out_dtype = str(call.args[0].ty.dtype)
+    compute = _conv_nchwc if int(attrs.groups) == 1 else _depthwise_nchwc
+    return bb.call_te(compute, call.args[0], call.args[1], strides, padding, dilation, out_dtype,
+                      primfunc_name_hint="conv2d_nchwc" if int(attrs.groups) == 1 else "depthwise_conv2d_nchwc")
+
+
+def ClipToMinMax():  # noqa: N802 - a pass constructor
+    """`relax.clip(x, lo, hi)` -> `minimum(maximum(x, lo), hi)` with scalar constants.
+
+    ConvertLayout propagates layouts through `maximum`/`minimum` but not through `clip`, which the
+    ONNX importer emits for HardSwish and HardSigmoid: without this every such activation would sit
+    between two layout transforms.
+    """
+    import math
+
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Rewrite(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", "") != "relax.clip" or len(call.args) != 3:
+                return call
+            x, lo, hi = call.args
+            dtype = str(getattr(x.ty, "dtype", ""))
+            if not dtype.startswith("float"):
+                return call
+            try:
+                lo_v, hi_v = float(lo.value), float(hi.value)
+            except (AttributeError, TypeError, ValueError):
+                return call
+            out = x
+            if not math.isinf(lo_v):
+                out = relax.op.maximum(out, relax.const(lo_v, dtype))
+            if not math.isinf(hi_v):
+                out = relax.op.minimum(out, relax.const(hi_v, dtype))
+            return out
+
+    @tvm.transform.module_pass(opt_level=0, name="AutoglmClipToMinMax")
+    def _pass(mod, _ctx):
+        mutator = _Rewrite(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return _pass
+
+
+def blocked_layout_passes(target: Target) -> list:
+    """The passes that put the model's convs into NCHW[b]c (empty where the target has no vectors)."""
+    from tvm import relax
+
+    candidates = block_candidates(target)
+    if not candidates:
+        return []
+    return [
+        ClipToMinMax(),
+        convert_layout_pass(candidates),
+        relax.transform.Normalize(),
+        relax.transform.EliminateCommonSubexpr(),
+        relax.transform.FoldConstant(),
+    ]
+
+
+def legalize_map() -> dict:
+    """The LegalizeOps customisations the blocked layout needs."""
+    return {CONV: legalize_conv2d}

@@ -1,0 +1,154 @@
+"""Register-tiled schedules for the blocked-layout (NCHW[x]c) convolutions of `compile/layout.py`.
+
+The computes (`compile/layout.py`) name their main block `conv2d_nchwc` or `depthwise_conv2d_nchwc`;
+the rule here recognises a fused kernel by that block and schedules it:
+
+- regular / pointwise conv, output `[n, ob, y, x, oi]`, reduction `icb, kh, kw, ici`: accumulator
+  tile of `nf` channel blocks x `nx` output pixels (`nf * nx` vector registers, sized from the
+  target's register file), the block of `oi` lanes one vector. Per input channel: `nx` broadcasts,
+  `nf` weight loads, `nf * nx` FMAs.
+- depthwise, output `[n, cb, y, x, ci]`, reduction `kh, kw`: `nx` output pixels x one channel
+  block per tile; each tap is one vector load reused over the `nx` pixels; stride 2 reads whole
+  channel vectors, so nothing is de-interleaved.
+
+Both keep the accumulators in registers (a local tile), apply the fused epilogue (bias,
+activation, residual add) per tile before the single store, and leave the zero padding to a
+separate stage (TODO: split borders with loop_partition).
+"""
+
+from __future__ import annotations
+
+from .config import CpuConfig
+
+MAIN_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc")
+
+
+def _int(x) -> int | None:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _divisors_le(n: int, limit: int) -> list[int]:
+    return [d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0]
+
+
+def _main_block(sch, root):
+    for blk in sch.get_child_blocks(root):
+        if sch.get(blk).name_hint in MAIN_BLOCKS:
+            return blk
+    return None
+
+
+def conv2d_nchwc(func, cfg: CpuConfig):
+    """Schedule a fused NCHW[x]c conv kernel; (schedule, "conv2d-nchwc"/"depthwise-nchwc") or None."""
+    from .rules import _prepare, schedule_spatial_block
+
+    names = _block_names(func)
+    if not any(n in MAIN_BLOCKS for n in names):
+        return None
+    prep = _prepare(func)
+    if prep is None or not prep.fusable:
+        return None
+    sch, main = prep.sch, prep.main
+    stmt = sch.get(main)
+    if stmt.name_hint not in MAIN_BLOCKS:
+        return None
+    depthwise = stmt.name_hint == "depthwise_conv2d_nchwc"
+    ext = [_int(iv.dom.extent) for iv in prep.iters]
+    if any(e is None for e in ext) or len(ext) != (7 if depthwise else 9):
+        return None
+    lanes = ext[4]
+    budget = cfg.accumulators
+
+    epilogue = list(prep.epilogue)
+    if prep.is_output:
+        epilogue = [sch.cache_write(main, 0, "local")]
+    else:
+        sch.set_scope(main, 0, "local")
+
+    loops = sch.get_loops(main)
+    if depthwise:
+        n_l, c_l, y_l, x_l, v_l, ry, rx = loops
+        X = ext[3]
+        nx = max(_divisors_le(X, min(budget, 8)))
+        xo, xi = sch.split(x_l, factors=[None, nx])
+        outer = [n_l, c_l, y_l, xo]
+        sch.reorder(*outer, ry, rx, xi, v_l)
+        tile = [xi]
+        red = [ry, rx]
+        kind = "depthwise-nchwc"
+    else:
+        n_l, f_l, y_l, x_l, v_l, icb, ry, rx, ici = loops
+        F, Y, X = ext[1], ext[2], ext[3]
+        best = None
+        for nf in _divisors_le(F, 4):
+            # nf * nx accumulators + nf weight vectors + broadcasts in flight must fit the register file;
+            # rows of at most 8 pixels (LLVM keeps several broadcasts live across a longer unrolled row)
+            for nx in _divisors_le(X, min(8, min(budget, cfg.vector_regs - nf - 3) // nf)):
+                acc = nf * nx
+                score = acc / (nf + nx) + 0.001 * acc
+                if best is None or score > best[0]:
+                    best = (score, nf, nx)
+        _, nf, nx = best
+        fo, fi = sch.split(f_l, factors=[None, nf])
+        po, pi = sch.split(x_l, factors=[None, nx])
+        spatial_outer = [y_l, po]
+        w_bytes = F * lanes * ext[5] * ext[6] * ext[7] * ext[8] * 4
+        if w_bytes <= cfg.l2_bytes // 2:
+            outer = [n_l, *spatial_outer, fo]
+        else:
+            outer = [n_l, fo, *spatial_outer]
+        # ici outside rx: the taps of one row (x + rx) share nx + kw - 1 input broadcasts, as in the NCHW rule
+        sch.reorder(*outer, icb, ry, ici, rx, fi, pi, v_l)
+        tile = [fi, pi]
+        red = [icb, ry, ici, rx]
+        kind = "conv2d-nchwc"
+
+    fused = sch.fuse(*outer)
+    if cfg.threads > 1 and (_int(sch.get(fused).extent) or 1) > 1:
+        sch.parallel(fused)
+    if depthwise:
+        for lp in red:
+            if (_int(sch.get(lp).extent) or 0) <= 7:
+                sch.unroll(lp)
+    else:
+        for lp in (red[1], red[3]):  # the window loops
+            if (_int(sch.get(lp).extent) or 0) <= 7:
+                sch.unroll(lp)
+    for lp in tile:
+        sch.unroll(lp)
+    sch.vectorize(v_l)
+
+    for blk in epilogue:
+        sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
+        eloops = sch.get_loops(blk)[1:]
+        for lp in eloops[:-1]:
+            sch.unroll(lp)
+        if eloops:
+            sch.vectorize(eloops[-1])
+    init = sch.decompose_reduction(main, red[0])
+    iloops = sch.get_loops(init)[1:]
+    for lp in iloops[:-1]:
+        sch.unroll(lp)
+    if iloops:
+        sch.vectorize(iloops[-1])
+    for blk in prep.prologue:
+        if depthwise:
+            try:
+                sch.compute_inline(blk)  # the zero padding read in place: no padded copy
+                continue
+            except Exception:  # noqa: BLE001 - a stage that cannot inline is scheduled on its own
+                pass
+        schedule_spatial_block(sch, blk, cfg)
+    return sch, kind
+
+
+def _block_names(func) -> list[str]:
+    import tvm_ffi
+    from tvm import s_tir
+
+    names: list[str] = []
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, lambda b: names.append(str(b.name_hint))), order="post")
+    return names
