@@ -83,12 +83,17 @@ def conv2d_nchwc(func, cfg: CpuConfig):
         n_l, f_l, y_l, x_l, v_l, icb, ry, rx, ici = loops
         F, Y, X = ext[1], ext[2], ext[3]
         best = None
+        pointwise = ext[6] == 1 and ext[7] == 1
         for nf in _divisors_le(F, 4):
             # nf * nx accumulators + nf weight vectors + broadcasts in flight must fit the register file;
             # rows of at most 8 pixels (LLVM keeps several broadcasts live across a longer unrolled row)
-            for nx in _divisors_le(X, min(8, min(budget, cfg.vector_regs - nf - 3) // nf)):
+            cap = min(X, 8, min(budget, cfg.vector_regs - nf - 3) // nf)
+            # partial tiles only for 1x1 convs: in a kxk window the predicate sits on every tap
+            for nx in range(1, cap + 1) if pointwise else _divisors_le(X, cap):
                 acc = nf * nx
-                score = acc / (nf + nx) + 0.001 * acc
+                # a row that does not divide by nx runs a partial last tile (predicated): count its waste
+                useful = X / (-(-X // nx) * nx)
+                score = (acc / (nf + nx) + 0.001 * acc) * useful
                 if best is None or score > best[0]:
                     best = (score, nf, nx)
         _, nf, nx = best
