@@ -4,8 +4,9 @@ For each zoo model: compile for `host` (verified against onnxruntime), profile t
 in this process (`toolkit.bench.profile`, the code behind `autoglm bench --profile`), and take
 onnxruntime's own per-node profile (`SessionOptions.enable_profiling`, the NCHWc-transformed graph it
 really runs) of the same model at the same thread count. Kernels and nodes are grouped into classes
-that both sides have (1x1 conv, kxk conv, depthwise conv, matmul/gemm, the rest), with FLOPs counted
-the same way on both sides (2 x MACs of the conv/matmul). Peak = nominal MHz x fp32 lanes x 2 (FMA)
+that both sides have (1x1 conv, kxk conv, depthwise conv, matmul/gemm, the rest); each class's FLOPs
+are counted once, from the ONNX graph (2 x MACs), and both runtimes' times are divided by them.
+Both profiles time each kernel/node with instrumentation, so their sums run above end-to-end latency. Peak = nominal MHz x fp32 lanes x 2 (FMA)
 x 2 FMA pipes per core; cores boost above the nominal clock, so the % are upper bounds.
 
     python benchmarks/bench_kernels.py [--models mobilenetv2 resnet18 searchnet] [--threads 1]
@@ -40,6 +41,32 @@ def _conv_class(weight_shape: list[int], groups: int) -> str:
     if groups > 1:
         return "depthwise"
     return "conv 1x1" if weight_shape[-2:] == [1, 1] else "conv kxk"
+
+
+def onnx_class_flops(model_path: Path) -> dict[str, float]:
+    """2 x MACs per class, from the ONNX graph (shapes inferred): the one FLOP count both runtimes are divided by."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load(str(model_path)))
+    g = model.graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*g.value_info, *g.output, *g.input]}
+    shapes.update({t.name: list(numpy_helper.to_array(t).shape) for t in g.initializer})
+    out: dict[str, float] = collections.defaultdict(float)
+    for node in g.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        y = shapes.get(node.output[0])
+        if not y or not all(y):
+            continue
+        if node.op_type == "Conv":
+            w = shapes[node.input[1]]
+            out[_conv_class(w, int(attrs.get("group", 1)))] += 2.0 * float(np.prod(y)) * w[1] * w[2] * w[3]
+        elif node.op_type in ("MatMul", "Gemm"):
+            a = shapes.get(node.input[0])
+            k = a[0] if node.op_type == "Gemm" and attrs.get("transA") else a[-1]
+            out["matmul/gemm"] += 2.0 * float(np.prod(y)) * k
+    return out
 
 
 def tvm_kernel_classes(model_path: Path) -> dict[str, str]:
@@ -146,25 +173,23 @@ def main(argv: list[str] | None = None) -> int:
         result = compile_model(onnx_path, targets.load_target("host"), work / "artifact")
         spec = result.manifest["inputs"][0]
         x = np.random.default_rng(0).standard_normal(spec["shape"]).astype(np.float32)
-        flops = {r["name"]: r["flops"] or 0.0 for r in result.manifest["fusion"]["kernel_table"]}
         classes = tvm_kernel_classes(onnx_path)
         log(f"{model}: profiling both runtimes")
         prof = profile_library(str(result.artifact / "model.so"), [x], iterations=args.repeat)
         ours: dict[str, list[float]] = {c: [0.0, 0.0] for c in CLASSES}
         for k in prof["kernels"]:
-            cls = classes.get(k["name"], "other")
-            ours[cls][0] += k["ms_per_run"]
-            ours[cls][1] += flops.get(k["name"], 0.0) if cls != "other" else 0.0
+            ours[classes.get(k["name"], "other")][0] += k["ms_per_run"]
         theirs: dict[str, list[float]] = {c: [0.0, 0.0] for c in CLASSES}
         for r in ort_profile(onnx_path, x, spec["name"], args.threads, args.repeat):
             theirs[r["class"]][0] += r["ms"]
             theirs[r["class"]][1] += r["flops"]
+        class_flops = onnx_class_flops(onnx_path)
         for cls in [*CLASSES, "total"]:
             if cls == "total":
-                o = [sum(v[0] for v in ours.values()), sum(v[1] for v in ours.values())]
-                t = [sum(v[0] for v in theirs.values()), sum(v[1] for v in theirs.values())]
+                o = [sum(v[0] for v in ours.values()), sum(class_flops.values())]
+                t = [sum(v[0] for v in theirs.values()), sum(class_flops.values())]
             else:
-                o, t = ours[cls], theirs[cls]
+                o, t = [ours[cls][0], class_flops.get(cls, 0.0)], [theirs[cls][0], class_flops.get(cls, 0.0)]
             if not o[0] and not t[0]:
                 continue
 
