@@ -2,8 +2,8 @@
 
 How a model gets there (all Relax passes, before legalization; see `blocked_layout_passes`):
 
-1. `ConvertLayout` with a per-conv callback: a conv whose output channels divide by the block
-   writes NCHW[b]c; its input is NCHW[b]c too when its input channels divide by the block, else
+1. `ConvertLayout` with a per-conv callback: a conv (ONNX's NCHW or TFLite's NHWC) whose output
+   channels divide by the block writes NCHW[b]c; its input is NCHW[b]c too when its input channels divide by the block, else
    (the RGB stem) it reads NCHW[C]c, i.e. the whole of its few channels as one block, with no
    reorder of the input. Depthwise convs keep the block through. Elementwise ops (bias add,
    ReLU6 as max/min, residual adds) follow the layout of their inputs, so layout transforms
@@ -15,6 +15,10 @@ How a model gets there (all Relax passes, before legalization; see `blocked_layo
    `compile/schedules/nchwc.py` recognise. (TVM 0.27's default legalization refuses 5-D layouts
    and its `depthwise_conv2d_NCHWc` is a stub.)
 
+A conversion that would leave layout transforms around the ops between the convs (more than 2 +
+1 per 4 blocked convs: TFLite graphs with channel padding or PReLU, an opaque ONNX Pad) is dropped
+and the model keeps its own layout; so is one that TVM's layout inference cannot do.
+
 The block is the target's fp32 vector width (8 on AVX2, 16 on AVX-512, 4 on NEON), or 8 on AVX-512
 when more of the model's convs divide by 8 than by 16 (MobileNetV2's 24/144 channels). Convs whose
 channels do not divide by the block stay NCHW, with the NCHW rules of `compile/schedules/rules.py`.
@@ -22,11 +26,13 @@ channels do not divide by the block stay NCHW, with the NCHW rules of `compile/s
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from targets import Target
 
 CONV = "relax.nn.conv2d"
+NO_BLOCKED_LAYOUT_ENV = "AUTOGLM_NO_BLOCKED_LAYOUT"  # "1": every conv stays in the model's own layout
 
 
 def block_candidates(target: Target) -> list[int]:
@@ -40,17 +46,23 @@ def block_candidates(target: Target) -> list[int]:
     return [lanes, lanes // 2] if lanes >= 16 else [lanes]
 
 
+# The layouts the importers emit: ONNX NCHW/OIHW; TFLite NHWC with HWIO (regular) or HWOI (depthwise) kernels.
+_SOURCE_LAYOUTS = {"NCHW": ("OIHW",), "NHWC": ("HWIO", "HWOI", "OHWI")}
+
+
 def _conv_layouts(call: Any, block: int) -> list[str] | None:
-    """[data, kernel, out] layouts for one NCHW fp32 conv2d, or None to leave it as it is."""
+    """[data, kernel, out] layouts for one fp32 conv2d (NCHW or NHWC), or None to leave it as it is."""
     attrs = call.attrs
-    if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW":
+    data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
+    if kernel_layout not in _SOURCE_LAYOUTS.get(data_layout, ()) or str(attrs.out_layout) != data_layout:
         return None
     x, w = call.args
     try:
-        cin, cout = int(x.ty.shape[1]), int(w.ty.shape[0])
+        cin = int(x.ty.shape[data_layout.index("C")])
+        cout = int(w.ty.shape[kernel_layout.index("O")])
         if str(x.ty.dtype) != "float32" or str(w.ty.dtype) != "float32":
             return None
-        int(x.ty.shape[2]), int(x.ty.shape[3])
+        int(x.ty.shape[data_layout.index("H")]), int(x.ty.shape[data_layout.index("W")])
     except (AttributeError, TypeError, ValueError):
         return None
     groups = int(attrs.groups)
@@ -59,7 +71,7 @@ def _conv_layouts(call: Any, block: int) -> list[str] | None:
     if groups == 1:
         ib = block if cin % block == 0 else cin
         if ib != block and cin > block:
-            return None  # many channels, not a multiple of the block: stays NCHW
+            return None  # many channels, not a multiple of the block: stays as it is
         return [f"NCHW{ib}c", f"OIHW{ib}i{block}o", f"NCHW{block}c"]
     if groups == cin == cout:
         return [f"NCHW{block}c", f"OIHW1i{block}o", f"NCHW{block}c"]
@@ -91,6 +103,24 @@ def choose_block(mod, candidates: list[int]) -> int | None:
     return next(b for b in candidates if covered[b] == most)
 
 
+def _activation_transforms(mod) -> int:
+    """Layout transforms of run-time tensors (those of constants fold away at compile time)."""
+    import tvm
+    from tvm import relax
+
+    count = [0]
+
+    def visit(expr):
+        if (isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.layout_transform"
+                and not isinstance(expr.args[0], tvm.ir.GenericConst)):
+            count[0] += 1
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return count[0]
+
+
 def convert_layout_pass(candidates: list[int]):
     """Relax ConvertLayout with the per-conv callback of this module, at the block `choose_block` picks."""
     import tvm
@@ -109,10 +139,18 @@ def convert_layout_pass(candidates: list[int]):
             return {CONV: layouts} if layouts else {}
 
         try:
-            return relax.transform.ConvertLayout({}, layout_cb)(mod)
+            new = relax.transform.ConvertLayout({}, layout_cb)(mod)
+            # fold the weight/bias transforms now, so that only run-time tensors' transforms are counted
+            new = relax.transform.FoldConstant()(relax.transform.EliminateCommonSubexpr()(relax.transform.Normalize()(new)))
         except Exception:  # noqa: BLE001 - TVM's layout inference of some op cannot take the block
-            # (e.g. 0.27 aborts on some Resize/ConvTranspose graphs): the model stays NCHW, still correct
+            # (e.g. 0.27 aborts on some Resize/ConvTranspose graphs): the model stays as it is, still correct
             return mod
+        blocked = sum(1 for c in _conv_calls(mod) if _conv_layouts(c, block))
+        if _activation_transforms(new) > 2 + blocked // 4:
+            # ops between the convs that do not take the blocked layout (channel padding, PReLU, ... in
+            # TFLite graphs) would each sit between two transforms: slower than no blocking at all
+            return mod
+        return new
 
     return _pass
 
@@ -229,7 +267,7 @@ def blocked_layout_passes(target: Target) -> list:
     from tvm import relax
 
     candidates = block_candidates(target)
-    if not candidates:
+    if not candidates or os.environ.get(NO_BLOCKED_LAYOUT_ENV):
         return []
     return [
         ClipToMinMax(),

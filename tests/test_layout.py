@@ -160,3 +160,40 @@ def test_blocked_and_nchw_builds_agree(pointwise_onnx, tmp_path, monkeypatch):
     a = VMExecutor(blocked / "model.so", "cpu").run(inputs)[0]
     b = VMExecutor(plain.artifact / "model.so", "cpu").run(inputs)[0]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _conv_pad_chain(path: Path) -> Path:
+    """Three 16-channel convs with a spatial Pad between each (Pad imports as an opaque TE call)."""
+    import onnx
+    from onnx import TensorProto as T, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(3):
+        inits.append(numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[0, 0, 0, 0]))
+        nodes.append(helper.make_node("Pad", [f"c{i}", "pads"], [f"p{i}"], mode="reflect"))
+        x = f"p{i}"
+    inits.append(numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [1, 16, 12, 12])],
+                          [helper.make_tensor_value_info(x, T.FLOAT, [1, 16, 12, 12])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_blocking_is_dropped_where_transforms_would_surround_every_op(tmp_path):
+    """A layout transform before and after every op between the convs costs more than blocking saves."""
+    from compile.layout import _activation_transforms, blocked_layout_passes
+
+    host = targets.load_target("x86-64-avx2")
+    model = load_model(_conv_pad_chain(tmp_path / "chain.onnx"))
+    import tvm
+
+    out = tvm.transform.Sequential(blocked_layout_passes(host))(model.mod)
+    assert _activation_transforms(out) == 0 and "nchwc" not in out["main"].script().lower()
+    result = compile_model(tmp_path / "chain.onnx", targets.load_target("host"), tmp_path / "art")
+    assert result.manifest["verification"]["passed"] is True
+    # the same convs without the Pads between them are blocked, with transforms only at the two ends
+    mobilenet = tvm.transform.Sequential(blocked_layout_passes(host))(load_model(
+        export_zoo_model("convnet", tmp_path / "convnet.onnx")).mod)
+    assert 1 <= _activation_transforms(mobilenet) <= 2
