@@ -40,14 +40,18 @@ def _ops_of(name: str) -> list[str]:
 
 def pattern_of(name: str) -> str:
     """A readable fusion pattern: conv2d+bias+relu6, conv2d+bias+residual, matmul+bias, ..."""
-    ops = _ops_of(name)
+    if name.startswith("te_layout_transform"):
+        return "layout_transform"
+    ops = [op for op in _ops_of(name) if op != "nchwc"]  # the blocked-layout convs (compile/layout.py)
+    if ops[:2] == ["depthwise", "conv2d"]:
+        ops = ["depthwise_conv2d", *ops[2:]]
     if not ops:
         return name
     head = ops[0]
     tail = ops[1:]
     parts = [head]
     adds = tail.count("add")
-    if head in ("conv2d", "matmul", "dense", "conv1d", "conv2d_transpose") and adds:
+    if head in ("conv2d", "depthwise_conv2d", "matmul", "dense", "conv1d", "conv2d_transpose") and adds:
         parts.append("bias")
         if adds > 1:
             parts.append("residual")

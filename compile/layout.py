@@ -8,8 +8,9 @@ How a model gets there (all Relax passes, before legalization; see `blocked_layo
    reorder of the input. Depthwise convs keep the block through. Elementwise ops (bias add,
    ReLU6 as max/min, residual adds) follow the layout of their inputs, so layout transforms
    are left only where a chain of convs starts or ends (graph inputs/outputs, pooling + flatten).
-2. `EliminateCommonSubexpr` (ConvertLayout emits one boundary transform per consumer) and
-   `FoldConstant`: weights and biases are repacked at compile time (OIHW[b]i[b]o, OIHW1i[b]o).
+2. `EliminateCommonSubexpr` (ConvertLayout emits one boundary transform per consumer); weights and
+   biases are repacked at compile time (OIHW[b]i[b]o, OIHW1i[b]o) by the FoldConstant that follows
+   legalization.
 3. `relax.nn.conv2d` in a blocked layout is legalized to this module's TE computes, whose main
    blocks `conv2d_nchwc` / `depthwise_conv2d_nchwc` the register-tiled schedules of
    `compile/schedules/nchwc.py` recognise. (TVM 0.27's default legalization refuses 5-D layouts
@@ -104,21 +105,33 @@ def choose_block(mod, candidates: list[int]) -> int | None:
 
 
 def _activation_transforms(mod) -> int:
-    """Layout transforms of run-time tensors (those of constants fold away at compile time)."""
+    """Layout transforms of run-time tensors (those of constants, weights and biases, fold at compile time)."""
     import tvm
     from tvm import relax
 
-    count = [0]
-
-    def visit(expr):
-        if (isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.layout_transform"
-                and not isinstance(expr.args[0], tvm.ir.GenericConst)):
-            count[0] += 1
-
+    count = 0
     for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
-    return count[0]
+        if not isinstance(func, relax.Function):
+            continue
+        constant: set = set()  # vars computed from constants only
+
+        def is_const(e) -> bool:
+            # tvm.ir.Constant: tensor constants (GenericConst) and scalar prim values alike
+            return isinstance(e, (tvm.ir.Constant, relax.ShapeExpr)) or e in constant
+
+        for block in getattr(func.body, "blocks", []):
+            for binding in block.bindings:
+                value = getattr(binding, "value", None)
+                if not isinstance(value, relax.Call):
+                    if value is not None and is_const(value):
+                        constant.add(binding.var)
+                    continue
+                args = list(value.args)
+                if args and all(is_const(a) for a in args):
+                    constant.add(binding.var)
+                elif getattr(value.op, "name", "") == "relax.layout_transform":
+                    count += 1
+    return count
 
 
 def convert_layout_pass(candidates: list[int]):
@@ -140,8 +153,7 @@ def convert_layout_pass(candidates: list[int]):
 
         try:
             new = relax.transform.ConvertLayout({}, layout_cb)(mod)
-            # fold the weight/bias transforms now, so that only run-time tensors' transforms are counted
-            new = relax.transform.FoldConstant()(relax.transform.EliminateCommonSubexpr()(relax.transform.Normalize()(new)))
+            new = relax.transform.EliminateCommonSubexpr()(relax.transform.Normalize()(new))
         except Exception:  # noqa: BLE001 - TVM's layout inference of some op cannot take the block
             # (e.g. 0.27 aborts on some Resize/ConvTranspose graphs): the model stays as it is, still correct
             return mod
@@ -264,17 +276,13 @@ def ClipToMinMax():  # noqa: N802 - a pass constructor
 
 def blocked_layout_passes(target: Target) -> list:
     """The passes that put the model's convs into NCHW[b]c (empty where the target has no vectors)."""
-    from tvm import relax
-
     candidates = block_candidates(target)
     if not candidates or os.environ.get(NO_BLOCKED_LAYOUT_ENV):
         return []
     return [
         ClipToMinMax(),
         convert_layout_pass(candidates),
-        relax.transform.Normalize(),
-        relax.transform.EliminateCommonSubexpr(),
-        relax.transform.FoldConstant(),
+        # the weights' and biases' layout transforms fold with the FoldConstant after legalization
     ]
 
 

@@ -17,6 +17,10 @@ from conftest import run_cli
     ("fused_matmul1_add_gelu", "matmul+bias+gelu"),
     ("fused_conv2d1_add1_maximum", "conv2d+bias+relu"),
     ("mean", "mean"),
+    # the blocked-layout kernels (compile/layout.py)
+    ("fused_depthwise_conv2d_nchwc1_add3_maximum2_minimum2", "depthwise_conv2d+bias+relu6/clip"),
+    ("fused_conv2d_nchwc17_add19_add21", "conv2d+bias+residual"),
+    ("te_layout_transform1", "layout_transform"),
 ])
 def test_pattern_names(name, pattern):
     assert pattern_of(name) == pattern

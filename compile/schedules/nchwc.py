@@ -61,6 +61,10 @@ def conv2d_nchwc(func, cfg: CpuConfig):
         return None
     lanes = ext[4]
     budget = cfg.accumulators
+    if cfg.arch != "x86_64":
+        # NEON's fmla-by-lane keeps input vectors and weight vectors live beside the tile: at 24 accumulators
+        # LLVM spills on aarch64 (checked in tests/test_layout.py), at 16 it does not
+        budget = min(budget, 16)
 
     epilogue = list(prep.epilogue)
     if prep.is_output:
