@@ -89,6 +89,31 @@ def _count_graph_ops(mod) -> int:
     return count
 
 
+def _drop_unlaunched_kernels(mod):
+    """The module without PrimFuncs no Relax function calls any more.
+
+    RewriteDataflowReshape turns a kernel that only reshapes (e.g. NCHW[x]c [1, 4, 1, 1, 8] -> [1, 32]
+    after global pooling) into a VM reshape and leaves the PrimFunc behind: it would be compiled into the
+    library and listed in the manifest as a kernel that never runs.
+    """
+    import tvm
+    from tvm import relax, tirx
+
+    called: set[str] = set()
+
+    def visit(expr):
+        if isinstance(expr, relax.GlobalVar):
+            called.add(expr.name_hint)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    keep = {gv: f for gv, f in mod.functions_items() if not isinstance(f, tirx.PrimFunc) or gv.name_hint in called}
+    if len(keep) == len(mod.functions):
+        return mod
+    return tvm.IRModule(keep, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
 def _lowered_stats(mod) -> tuple[int, int, list[str], int, int]:
     import tvm
     from tvm import relax, tirx
@@ -182,7 +207,7 @@ def build_library(mod, target: Target, lib_path: Path, output_names: list[str],
     graph_ops = _count_graph_ops(mod)
     try:
         with stages.stage("fuse + schedule"), tt, quiet_native_stderr():
-            lowered = relax_pipeline(target, tuning_passes_for(tuning_db, target))(mod)
+            lowered = _drop_unlaunched_kernels(relax_pipeline(target, tuning_passes_for(tuning_db, target))(mod))
         kernels, launches, names, planned, weights = _lowered_stats(lowered)
         rows = kernel_table(lowered)
         with stages.stage("LLVM codegen"), tt, quiet_native_stderr():
