@@ -94,6 +94,8 @@ OPS = {
     "depthwise7x7-stride2": (lambda: ConvAct(32, 32, 7, stride=2, groups=32), (1, 32, 17, 17), {"conv2d-depthwise"}),
     "pointwise-residual": (lambda: PointwiseResidual(32), (1, 32, 7, 7), {"conv2d"}),
     "linear": (lambda: Linear(40, 10), (3, 40), {"matmul"}),
+    # 48 outputs: divisible by the vector width, so the weight is prepacked into panels (matmul_packed)
+    "dense-packed": (lambda: Linear(64, 48), (16, 64), {"matmul"}),
     "batch-matmul": (lambda: BatchMatmul(), (2, 16, 12), {"matmul", "reduction"}),
     "pools": (lambda: Pools(), (1, 8, 16, 16), {"pool"}),
     "transcendentals": (lambda: Transcendentals(), (4, 96), {"reduction", "elementwise"}),
@@ -179,6 +181,20 @@ def test_conv_weights_prepacked_at_compile_time(op_models, target_name):
     # 10 output channels: not a multiple of 8, so the spatially vectorised conv rule takes it.
     odd = _schedule_only(op_models["conv3x3-stride2-odd"], target)
     assert not [k for k in odd if k.endswith("_prepacked")] and any(v and v.startswith("conv2d-") for v in odd.values())
+
+
+@pytest.mark.parametrize("target_name", [*X86_ISAS, "rpi4"])
+def test_dense_weights_prepacked_into_panels(op_models, target_name):
+    """A dense layer whose outputs divide by the vector width reads its weight as [N/vn, K, vn] panels,
+    repacked at build time (no runtime repack kernel); one whose outputs do not keeps the generic rule."""
+    target = targets.load_target(target_name)
+    names = _schedule_only(op_models["dense-packed"], target)
+    packed = [k for k in names if k.endswith("_prepacked")]
+    isa = cpu_config(target).isa
+    assert packed and all(names[k] == f"matmul-{isa}" for k in packed), names
+    assert not [k for k in names if "weight_prepack" in k], f"weight repacking left as a runtime kernel: {names}"
+    odd = _schedule_only(op_models["linear"], target)  # 10 outputs
+    assert not [k for k in odd if k.endswith("_prepacked")] and any(v and v.startswith("matmul-") for v in odd.values())
 
 
 @pytest.mark.parametrize("target_name", list(X86_ISAS))

@@ -27,6 +27,7 @@ def schedule_func(func, cfg: CpuConfig, tvm_target):
     attempts = (
         lambda f: conv2d_nchwc(f, cfg),
         lambda f: rules.conv2d_packed(f, cfg),
+        lambda f: rules.matmul_packed(f, cfg),
         lambda f: rules.tiled_reduction(f, cfg),
         lambda f: rules.reduction(f, cfg, tvm_target),
         lambda f: rules.elementwise(f, cfg),

@@ -470,6 +470,94 @@ def conv2d_packed(func, cfg: CpuConfig):
     return sch, "conv2d"
 
 
+def matmul_packed(func, cfg: CpuConfig):
+    """Dense / matmul by a weight (`[M, K] x [K, N]`, B a function parameter) with B prepacked into panels.
+
+    B is stored as `[N / vn, K, vn]` (a `layout_rewrite_preproc` stage that SplitLayoutRewritePreproc +
+    FoldConstant move to compile time), so each register tile streams one contiguous panel instead of
+    K rows `N` floats apart; the panel loop is outermost, so a panel stays in cache over all rows of A.
+    Tile: `mr` rows x `nv` vectors (`mr * nv` accumulators), the bias/activation epilogue per tile.
+    """
+    _, s_tir, tirx = _ir()
+
+    prep = _prepare(func)
+    if prep is None or prep.info.kind != "matmul" or not prep.fusable:
+        return None
+    sch, root, main, iters = prep.sch, prep.root, prep.main, prep.iters
+    if len(iters) != 3 or [iv.iter_type for iv in iters] != [tirx.IterVar.DataPar] * 2 + [tirx.IterVar.CommReduce]:
+        return None
+    if (prep.info.v, prep.info.m) != (1, 0):
+        return None
+    weight = None
+    for r in prep.reads:
+        idx = [x.min for x in r.region]
+        if len(idx) == 2 and all(isinstance(e, tirx.Var) for e in idx) and idx[0].same_as(iters[2].var) \
+                and idx[1].same_as(iters[1].var):
+            weight = r.source
+    if weight is None or any(weight.same_as(b) for b in sch.get(root).alloc_buffers):
+        return None
+    bits = prep.out_buf.dtype.bits
+    lanes = cfg.lanes(bits)
+    M, N, K = (_int(iv.dom.extent) for iv in iters)
+    if lanes < 2 or N % lanes or M is None or K is None:
+        return None
+    best = None
+    for nv in _divisors_le(N // lanes, 4):
+        for mr in _divisors_le(M, 8):
+            acc = mr * nv
+            # accumulators + the nv panel vectors + a broadcast must fit the register file
+            if acc > cfg.accumulators or acc + nv + 2 > cfg.vector_regs:
+                continue
+            score = acc / (mr + nv) + 0.001 * acc
+            if best is None or score > best[0]:
+                best = (score, mr, nv)
+    if best is None:
+        return None
+    _, mr, nv = best
+    vn = nv * lanes
+
+    wblk = sch.cache_read(main, _read_index(sch, main, weight), "global")
+    sch.transform_layout(wblk, ("write", 0), lambda k, n: (n // vn, k, n % vn))
+    sch.annotate(wblk, "meta_schedule.layout_rewrite_preproc", True)
+
+    epilogue = list(prep.epilogue)
+    if prep.is_output:
+        epilogue = [sch.cache_write(main, 0, "local")]
+    else:
+        sch.set_scope(main, 0, "local")
+    i_l, j_l, k_l = sch.get_loops(main)
+    jo, jv, jl = sch.split(j_l, factors=[None, nv, lanes])
+    io, ii = sch.split(i_l, factors=[None, mr])
+    sch.reorder(jo, io, k_l, ii, jv, jl)
+    fused = sch.fuse(jo, io)
+    if cfg.threads > 1 and (_int(sch.get(fused).extent) or 1) > 1:
+        sch.parallel(fused)
+    sch.unroll(ii)
+    sch.unroll(jv)
+    sch.vectorize(jl)
+    for blk in epilogue:
+        sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
+        eloops = sch.get_loops(blk)[1:]
+        if len(eloops) == 2:
+            ei, ej = eloops
+            sch.unroll(ei)
+            ejo, ejl = sch.split(ej, factors=[None, lanes])
+            sch.unroll(ejo)
+            sch.vectorize(ejl)
+    init = sch.decompose_reduction(main, k_l)
+    iloops = sch.get_loops(init)[1:]
+    for lp in iloops[:-1]:
+        sch.unroll(lp)
+    if iloops:
+        jo2, jl2 = sch.split(iloops[-1], factors=[None, lanes]) if (_int(sch.get(iloops[-1]).extent) or 0) > lanes else (None, iloops[-1])
+        if jo2 is not None:
+            sch.unroll(jo2)
+        sch.vectorize(jl2)
+    for blk in prep.prologue:
+        schedule_spatial_block(sch, blk, cfg)
+    return sch, "matmul"
+
+
 def _deinterleave_stride2(sch, prep: _Prepared) -> None:
     """Stride-2 windows over a padded input: store the padding stage as [..., W/2, 2] -> [..., 2, W/2]
     (even columns, then odd ones), so the vectorised reads of the main block become contiguous."""
