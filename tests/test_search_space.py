@@ -85,4 +85,5 @@ def test_member_exports_and_compiles_for_host_fully_scheduled(tmp_path):
     kernels = manifest["tuning"]["kernels"]
     convs = {k: v for k, v in kernels.items() if "conv2d" in k or "matmul" in k}
     assert convs and all(v.startswith("default:") for v in convs.values()), kernels
-    assert any(v.startswith("default:conv2d-depthwise") for v in convs.values())
+    # depthwise convs: blocked (NCHW[x]c, compile/layout.py) where the channels divide by the block, else NCHW
+    assert any(v.startswith(("default:depthwise-nchwc", "default:conv2d-depthwise")) for v in convs.values())
