@@ -12,7 +12,6 @@ from __future__ import annotations
 
 def fast_math_pass():
     """A module pass replacing float32 erf / tanh / exp / softmax by their topi fast_* counterparts."""
-    import tvm
     from tvm import relax, topi
     from tvm.relax import expr_functor
 
@@ -32,12 +31,6 @@ def fast_math_pass():
                 return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis))
             return self.builder_.call_te(elementwise[op], call.args[0])
 
-    @tvm.transform.module_pass(opt_level=0, name="AutoglmFastMath")
-    def _pass(mod, _ctx):
-        rewriter = _Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+    from .relax_passes import mutator_pass
 
-    return _pass
+    return mutator_pass(_Rewriter, "AutoglmFastMath")

@@ -149,7 +149,6 @@ def ClampIndices():  # noqa: N802 - a pass constructor
     (per index column for the N-d ops). Calls whose data shape is not static are left as they are.
     """
     import numpy as np
-    import tvm
     from tvm import relax
 
     @relax.expr_functor.mutator
@@ -176,12 +175,6 @@ def ClampIndices():  # noqa: N802 - a pass constructor
             args[pos] = self.builder_.emit(clamped)
             return relax.Call(call.op, args, call.attrs, call.ty_args)
 
-    @tvm.transform.module_pass(opt_level=0, name="AutoglmClampIndices")
-    def _pass(mod, _ctx):
-        mutator = _Clamp(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get()
+    from .relax_passes import mutator_pass
 
-    return _pass
+    return mutator_pass(_Clamp, "AutoglmClampIndices")

@@ -167,17 +167,27 @@ def convert_layout_pass(candidates: list[int]):
     return _pass
 
 
-def _conv_nchwc(data, kernel, strides, padding, dilation, out_dtype):
-    """out[n, ob, y, x, oi] = sum_{icb, kh, kw, ici} pad(data)[n, icb, y*s + kh*d, x*s + kw*d, ici] * W[ob, icb, kh, kw, ici, oi]."""
-    from tvm import te, topi
+def _padded_window(data, kh: int, kw: int, strides, padding, dilation):
+    """The zero-padded NCHW[x]c input (block `pad_nchwc`, which the schedules inline) and the output H, W."""
+    from tvm import topi
 
-    n, icb_n, h, w, ib = (int(d) for d in data.shape)
-    ob_n, _, kh, kw, _, obs = (int(d) for d in kernel.shape)
+    h, w = int(data.shape[2]), int(data.shape[3])
     (sh, sw), (dh, dw) = strides, dilation
     pt, pl, pb, pr = padding
     oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
     padded = topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], name="pad_nchwc") if any(padding) else data
+    return padded, oh, ow
+
+
+def _conv_nchwc(data, kernel, strides, padding, dilation, out_dtype):
+    """out[n, ob, y, x, oi] = sum_{icb, kh, kw, ici} pad(data)[n, icb, y*s + kh*d, x*s + kw*d, ici] * W[ob, icb, kh, kw, ici, oi]."""
+    from tvm import te
+
+    n, icb_n, _, _, ib = (int(d) for d in data.shape)
+    ob_n, _, kh, kw, _, obs = (int(d) for d in kernel.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    padded, oh, ow = _padded_window(data, kh, kw, strides, padding, dilation)
     icb = te.reduce_axis((0, icb_n), "icb")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -192,15 +202,12 @@ def _conv_nchwc(data, kernel, strides, padding, dilation, out_dtype):
 
 def _depthwise_nchwc(data, kernel, strides, padding, dilation, out_dtype):
     """out[n, cb, y, x, ci] = sum_{kh, kw} pad(data)[n, cb, y*s + kh*d, x*s + kw*d, ci] * W[cb, 0, kh, kw, 0, ci]."""
-    from tvm import te, topi
+    from tvm import te
 
-    n, cb_n, h, w, bs = (int(d) for d in data.shape)
+    n, cb_n, _, _, bs = (int(d) for d in data.shape)
     kh, kw = int(kernel.shape[2]), int(kernel.shape[3])
     (sh, sw), (dh, dw) = strides, dilation
-    pt, pl, pb, pr = padding
-    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
-    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
-    padded = topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], name="pad_nchwc") if any(padding) else data
+    padded, oh, ow = _padded_window(data, kh, kw, strides, padding, dilation)
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     return te.compute(
@@ -239,7 +246,6 @@ def ClipToMinMax():  # noqa: N802 - a pass constructor
     """
     import math
 
-    import tvm
     from tvm import relax
 
     @relax.expr_functor.mutator
@@ -263,15 +269,9 @@ def ClipToMinMax():  # noqa: N802 - a pass constructor
                 out = relax.op.minimum(out, relax.const(hi_v, dtype))
             return out
 
-    @tvm.transform.module_pass(opt_level=0, name="AutoglmClipToMinMax")
-    def _pass(mod, _ctx):
-        mutator = _Rewrite(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get()
+    from .relax_passes import mutator_pass
 
-    return _pass
+    return mutator_pass(_Rewrite, "AutoglmClipToMinMax")
 
 
 def blocked_layout_passes(target: Target) -> list:

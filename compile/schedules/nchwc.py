@@ -20,18 +20,9 @@ from __future__ import annotations
 
 from .config import CpuConfig
 
+from .rules import _divisors_le, _int
+
 MAIN_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc")
-
-
-def _int(x) -> int | None:
-    try:
-        return int(x)
-    except (TypeError, ValueError):
-        return None
-
-
-def _divisors_le(n: int, limit: int) -> list[int]:
-    return [d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0]
 
 
 def _main_block(sch, root):
@@ -85,7 +76,7 @@ def conv2d_nchwc(func, cfg: CpuConfig):
         kind = "depthwise-nchwc"
     else:
         n_l, f_l, y_l, x_l, v_l, icb, ry, rx, ici = loops
-        F, Y, X = ext[1], ext[2], ext[3]
+        F, X = ext[1], ext[3]
         best = None
         pointwise = ext[6] == 1 and ext[7] == 1
         for nf in _divisors_le(F, 4):
@@ -100,6 +91,8 @@ def conv2d_nchwc(func, cfg: CpuConfig):
                 score = (acc / (nf + nx) + 0.001 * acc) * useful
                 if best is None or score > best[0]:
                     best = (score, nf, nx)
+        if best is None:
+            return None
         _, nf, nx = best
         fo, fi = sch.split(f_l, factors=[None, nf])
         po, pi = sch.split(x_l, factors=[None, nx])

@@ -370,6 +370,23 @@ def _unroll_window(sch, red_loops) -> None:
             sch.unroll(red_loops[-2])
 
 
+def _finish_packed(sch, main, first_reduction, prologue: list, cfg: CpuConfig, lanes: int) -> None:
+    """The accumulator tile's zero-init split off (unrolled, its innermost loop in `lanes` vectors) and the
+    prologue stages (padding) scheduled as elementwise kernels."""
+    init = sch.decompose_reduction(main, first_reduction)
+    iloops = sch.get_loops(init)[1:]
+    for lp in iloops[:-1]:
+        sch.unroll(lp)
+    if iloops:
+        inner = iloops[-1]
+        if (_int(sch.get(inner).extent) or 0) > lanes:
+            outer, inner = sch.split(inner, factors=[None, lanes])
+            sch.unroll(outer)
+        sch.vectorize(inner)
+    for blk in prologue:
+        schedule_spatial_block(sch, blk, cfg)
+
+
 def conv2d_packed(func, cfg: CpuConfig):
     """conv2d (NCHW, not depthwise) vectorised over output channels with weights prepacked to OIHW[x]o.
 
@@ -460,13 +477,7 @@ def conv2d_packed(func, cfg: CpuConfig):
             efo, efl = sch.split(ef, factors=[None, lanes])
             sch.unroll(efo)
             sch.vectorize(efl)
-    init = sch.decompose_reduction(main, rc)
-    iloops = sch.get_loops(init)[1:]
-    for lp in iloops[:-1]:
-        sch.unroll(lp)
-    sch.vectorize(iloops[-1])
-    for blk in prep.prologue:
-        schedule_spatial_block(sch, blk, cfg)
+    _finish_packed(sch, main, rc, prep.prologue, cfg, lanes)
     return sch, "conv2d"
 
 
@@ -544,17 +555,7 @@ def matmul_packed(func, cfg: CpuConfig):
             ejo, ejl = sch.split(ej, factors=[None, lanes])
             sch.unroll(ejo)
             sch.vectorize(ejl)
-    init = sch.decompose_reduction(main, k_l)
-    iloops = sch.get_loops(init)[1:]
-    for lp in iloops[:-1]:
-        sch.unroll(lp)
-    if iloops:
-        jo2, jl2 = sch.split(iloops[-1], factors=[None, lanes]) if (_int(sch.get(iloops[-1]).extent) or 0) > lanes else (None, iloops[-1])
-        if jo2 is not None:
-            sch.unroll(jo2)
-        sch.vectorize(jl2)
-    for blk in prep.prologue:
-        schedule_spatial_block(sch, blk, cfg)
+    _finish_packed(sch, main, k_l, prep.prologue, cfg, lanes)
     return sch, "matmul"
 
 
