@@ -510,7 +510,7 @@ def tune_model(
                 for (_, rep), (_, rule), ms_ in zip(need, scheduled, times):
                     rep.default_rule, rep.default_ms = rule, ms_
             _tune_pending(ms, db, db_dir, pending, summary, tt, builder, runner, trials=trials, budget_s=budget_s,
-                          batch=batch, seed=seed, progress=progress, started=started)
+                          batch=batch, seed=seed, progress=progress)
         else:
             for _, rep in pending:
                 rep.status = "skipped"
@@ -520,7 +520,7 @@ def tune_model(
 
 
 def _tune_pending(ms, db, db_dir: Path, pending, summary: TuneSummary, tt, builder, runner, *, trials, budget_s, batch,
-                  seed, progress: Progress, started: float) -> None:
+                  seed, progress: Progress) -> None:
     _, OneTaskScheduler, ProgressCallback = _classes()
     weights = [max(rep.calls * (rep.default_ms or 1.0), 1e-6) for _, rep in pending]
     # no kernel is starved: each weighs at least a tenth of the average
@@ -528,7 +528,10 @@ def _tune_pending(ms, db, db_dir: Path, pending, summary: TuneSummary, tt, build
     weights = [max(w, floor) for w in weights]
     order = sorted(range(len(pending)), key=lambda i: -weights[i])
     shares = _allocate(trials, weights) if trials is not None else None
-    deadline_all = started + budget_s if budget_s is not None else None
+    # the budget is the search's: import, fusion and the default measurements before it are their
+    # own stages, so a slow machine never spends a short budget before the first trial
+    search_started = time.monotonic()
+    deadline_all = search_started + budget_s if budget_s is not None else None
     cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=2)
     quiet = logging.getLogger("autoglm.tune.metaschedule")
     quiet.setLevel(logging.WARNING)
@@ -567,7 +570,7 @@ def _tune_pending(ms, db, db_dir: Path, pending, summary: TuneSummary, tt, build
             rep.trials += n
             if ok:
                 rep.best_ms = min(ok + ([rep.best_ms] if rep.best_ms is not None else []))
-            elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - search_started
             progress.update(float(done_trials) if trials is not None else min(elapsed, float(budget_s)),
                             task=rep.name, trials=done_trials, best_ms=rep.best_ms, model_ms=model_ms())
 

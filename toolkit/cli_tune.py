@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Path, typer.Argument(help="An .onnx or .tflite file.")],
         target: Annotated[str, typer.Option("--target", "-t", help="Target name (see `autoglm targets`).")] = "host",
         trials: Annotated[Optional[int], typer.Option("--trials", help="Measurements to spend on this model's untuned kernels.")] = None,
-        budget: Annotated[Optional[str], typer.Option("--budget", help="Wall-clock budget instead of --trials: 90s, 15m, 1h30m.")] = None,
+        budget: Annotated[Optional[str], typer.Option("--budget", help="Wall-clock budget of the search instead of --trials: 90s, 15m, 1h30m (import and default measurements come before it).")] = None,
         db: Annotated[Optional[Path], typer.Option("--db", help="Tuning database directory (default ~/.cache/autoglm/tuning/<target>).")] = None,
         rpc: Annotated[Optional[str], typer.Option("--rpc", help="Measure on boards: RPC tracker HOST:PORT or HOST:PORT/KEY (key defaults to the target's rpc_key).")] = None,
         input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix an input's shape: NAME=D0,D1,... (repeatable).")] = None,
