@@ -25,11 +25,12 @@ from .errors import (
 from .executor import VMExecutor
 from .frontend import ImportedModel, TensorSpec, load_model, parse_shape_overrides
 from .progress import Reporter, Stages
+from .quantize import Int8Options
 from .reference import ReferenceRuntime, compare, random_inputs
 
 __all__ = [
     "ArtifactError", "AutoglmError", "CompileFailure", "CompileResult", "ModelFormatError", "TensorSpec",
-    "ToolchainError", "UnsupportedOperatorError", "UsageError", "VMExecutor", "VerificationError",
+    "Int8Options", "ToolchainError", "UnsupportedOperatorError", "UsageError", "VMExecutor", "VerificationError",
     "check_artifact", "check_output_dir", "compile_model", "elf_machine", "load_model", "open_artifact",
     "parse_shape_overrides", "random_inputs", "read_manifest", "LIBRARY", "MANIFEST",
 ]
@@ -68,10 +69,13 @@ def verification_mode(target: Target) -> tuple[str | None, str]:
 
 
 def _reference_run(model: ImportedModel, seed: int) -> tuple[ReferenceRuntime, dict[str, Any], list]:
-    """The seeded random inputs and the reference runtime's outputs on them."""
+    """The seeded random inputs and the reference runtime's outputs on them.
+
+    A QDQ model's reference is onnxruntime's literal execution of its graph (no QDQ fusion into
+    onnxruntime's own integer kernels, whose requantization differs): the quantized semantics."""
     inputs = random_inputs(model.inputs, seed)
     try:
-        ref = ReferenceRuntime.open(model.path, model.format)
+        ref = ReferenceRuntime.open(model.path, model.format, literal=model.quantized)
         expected = ref.run(inputs)
     except AutoglmError:
         raise
@@ -82,8 +86,19 @@ def _reference_run(model: ImportedModel, seed: int) -> tuple[ReferenceRuntime, d
     return ref, inputs, expected
 
 
+def _quantized_atol(model: ImportedModel, atol: float) -> float:
+    """A QDQ model's outputs may be one quantization step apart (rounding ties in float arithmetic)."""
+    if not model.quantized:
+        return atol
+    from .quantize import output_steps
+
+    steps = output_steps(model.path)
+    return max([atol] + [1.001 * s for s in steps.values()])
+
+
 def verify_library(lib_path: Path, model: ImportedModel, device: str, *, seed: int, atol: float, rtol: float) -> dict[str, Any]:
     """Run the compiled library and the reference runtime on the same random inputs and compare."""
+    atol = _quantized_atol(model, atol)
     ref, inputs, expected = _reference_run(model, seed)
     actual = VMExecutor(lib_path, device).run([inputs[s.name] for s in model.inputs])
     result = compare(actual, expected, atol, rtol)
@@ -95,6 +110,7 @@ def verify_emulated(staged: Path, model: ImportedModel, target: Target, *, seed:
     """Run a staged (complete) artifact under qemu with the C++ runner; compare with the reference run on the host."""
     from .native import emulator_name, run_artifact
 
+    atol = _quantized_atol(model, atol)
     ref, inputs, expected = _reference_run(model, seed)
     # the run's files go into the staging folder (beside the staged artifact), never into /tmp
     run = run_artifact(staged, {s.name: inputs[s.name] for s in model.inputs}, emulate=True, warmup=0, repeat=0,
@@ -117,6 +133,7 @@ def compile_model(
     rtol: float = DEFAULT_RTOL,
     tuning_db: str | Path | None = None,
     progress: Reporter | None = None,
+    int8: Int8Options | None = None,
 ) -> CompileResult:
     """Import, build and package a model for `target` into the artifact directory `out_dir`.
 
@@ -127,9 +144,15 @@ def compile_model(
     `verify=None` verifies wherever the artifact can run here: natively for this machine's architecture
     (when the CPU has the target's features), under qemu with the C++ runner for aarch64 and armv7. Nothing is
     left at `out_dir` unless every step, verification included, succeeded.
+
+    `int8`: calibrate the float ONNX model with onnxruntime (`compile/quantize.py`), build the QDQ
+    model's integer kernels, and gate on the accuracy against the float model (see `Int8Options`).
+    A QDQ model given as it is builds the same way, verified against its literal execution.
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)  # a bad -o fails before the import, not after the build
+    if int8 is not None:
+        int8.check()
     from .target_check import check_llvm_cpus
 
     check_llvm_cpus(target)
@@ -144,11 +167,29 @@ def compile_model(
     elif verify and mode is None:
         raise UsageError(f"--verify cannot run here ({where}); drop --verify and use `autoglm bench` on a board")
     stages = Stages(progress)
-    with stages.stage("import"):
-        model = load_model(model_path, input_shapes)
+    source = None
+    if int8 is not None:
+        source, calib = _int8_source(Path(model_path), input_shapes, int8)
+    else:
+        with stages.stage("import"):
+            model = load_model(model_path, input_shapes)
     with staging_dir(out_dir) as tmp:
+        precision: dict[str, Any] = {"mode": "fp32"}
+        if int8 is not None:
+            from .quantize import quantize_model
+
+            with stages.stage(f"calibrate ({int8.method}, {len(calib.samples)} samples)"):
+                record = quantize_model(Path(model_path), tmp / QUANTIZED_ONNX, target, calib, int8.method)
+            with stages.stage("import"):
+                model = load_model(tmp / QUANTIZED_ONNX, input_shapes)
+            precision = {"mode": "int8", "calibration": record, "quantized_model": QUANTIZED_ONNX}
+        elif model.quantized:
+            precision = {"mode": "int8", "calibration": None, "quantized_model": None,
+                         "notes": ["a QDQ model: quantized before it came here"]}
         lib = tmp / LIBRARY
         stats, compiler_line = build_library_for(model, target, lib, tuning_db, stages)
+        if precision["mode"] == "int8":
+            precision.update(stats.int8 or {})
         built_arch = elf_machine(lib)
         if built_arch != target.arch:
             raise CompileFailure(f"the linker produced a {built_arch} library for target {target.name} ({target.arch})")
@@ -159,7 +200,8 @@ def compile_model(
         verification: dict[str, Any]
         if verify and mode == "qemu":
             # The runner loads only complete artifacts: stage one, manifest and checksums included.
-            write_manifest(tmp, _manifest(model, target, stats, compiler_line, {"passed": None, "skipped": "pending"}))
+            write_manifest(tmp, _manifest(model, target, stats, compiler_line, {"passed": None, "skipped": "pending"},
+                                          precision, source))
             with stages.stage("verify under qemu"):
                 verification = verify_emulated(tmp, model, target, seed=seed, atol=atol, rtol=rtol)
         elif verify:
@@ -180,7 +222,12 @@ def compile_model(
             with stages.stage("time kernels"):
                 measure_kernel_times(VMExecutor(lib, target.device), [inputs[s.name] for s in model.inputs],
                                      stats.kernel_rows)
-        manifest = _manifest(model, target, stats, compiler_line, verification)
+        if int8 is not None and mode == "host":
+            with stages.stage("accuracy vs fp32"):
+                precision["accuracy"] = _int8_accuracy(lib, target, Path(model_path), model, calib, int8)
+        elif int8 is not None:
+            precision["accuracy"] = {"skipped": f"the artifact cannot run here ({where}): use `autoglm accuracy` on the device"}
+        manifest = _manifest(model, target, stats, compiler_line, verification, precision, source)
         manifest["compile_seconds"] = stages.to_json()
         publish(tmp, out_dir, manifest)
     return CompileResult(out_dir, read_manifest(out_dir))
@@ -193,13 +240,62 @@ def build_library_for(model: ImportedModel, target: Target, lib: Path, tuning_db
     return build_library(model.mod, target, lib, model.output_names, tuning_db, stages)
 
 
-def _manifest(model: ImportedModel, target: Target, stats, compiler_line: str, verification: dict[str, Any]) -> dict[str, Any]:
+QUANTIZED_ONNX = "quantized.onnx"  # the QDQ model `compile --int8` made (onnxruntime runs it in `bench`)
+
+
+def _int8_source(path: Path, input_shapes, options: Int8Options):
+    """The float model's own entry for the manifest, and the calibration samples."""
+    from .frontend import ONNX, detect_format, onnx_input_specs, fix_shapes, sha256_file, _read_onnx
+    from .quantize import is_qdq_onnx, load_samples, random_samples
+
+    if detect_format(path) != ONNX:
+        raise UsageError(f"--int8 calibrates float ONNX models; {path.name} is TFLite: give its ONNX export, or a "
+                         f"full-integer .tflite without --int8")
+    if is_qdq_onnx(path):
+        raise UsageError(f"{path.name} is already quantized (QDQ): compile it without --int8")
+    specs = fix_shapes(onnx_input_specs(_read_onnx(path)), input_shapes or {})
+    if options.calibration is not None:
+        calib = load_samples(Path(options.calibration), specs)
+    else:
+        calib = random_samples(specs, int(options.random_samples))
+    source = {"name": path.stem, "format": ONNX, "source_file": path.name, "sha256": sha256_file(path)}
+    return source, calib
+
+
+def _int8_accuracy(lib: Path, target: Target, float_path: Path, model: ImportedModel, calib, options: Int8Options) -> dict:
+    """The accuracy report against the float model; raises when the agreement is below the gate."""
+    from .accuracy import accuracy_report, load_labels
+    from .quantize import load_samples
+
+    data = load_samples(Path(options.validation), model.inputs, "--validation") if options.validation else calib
+    labels = load_labels(options.labels, len(data.samples)) if options.labels else None
+    executor = VMExecutor(lib, target.device)
+    names = [s.name for s in model.inputs]
+    ref = ReferenceRuntime.open(float_path, "onnx")
+    report = accuracy_report(lambda x: executor.run([x[n] for n in names]), ref.run, data.samples, labels)
+    report["data"] = "validation" if options.validation else ("calibration" if options.calibration else "random")
+    report["min_agreement"] = options.min_agreement
+    if report["data"] == "random":
+        report["note"] = "random inputs: accuracy on real data is unknown (give --calibration or --validation data)"
+    agreement = report["argmax_agreement"]
+    if report["data"] != "random" and agreement is not None and agreement < options.min_agreement:
+        raise VerificationError(
+            f"the int8 model agrees with the fp32 model on {agreement:.1%} of {report['samples']} samples, below "
+            f"--min-agreement {options.min_agreement:g} (cosine similarity {report['cosine_similarity']:.4f}); "
+            f"nothing was written: calibrate on more representative data, try --calibration-method percentile, "
+            f"or lower --min-agreement")
+    return report
+
+
+def _manifest(model: ImportedModel, target: Target, stats, compiler_line: str, verification: dict[str, Any],
+              precision: dict[str, Any] | None = None, source: dict[str, Any] | None = None) -> dict[str, Any]:
     import tvm
 
     return {
         "library": LIBRARY,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": model.name, "format": model.format, "source_file": model.path.name, "sha256": model.sha256},
+        "model": source or {"name": model.name, "format": model.format, "source_file": model.path.name,
+                            "sha256": model.sha256},
         "target": {
             "name": target.name, "description": target.description, "arch": target.arch, "device": target.device,
             "tvm_target": json.loads(str(tvm.target.Target(target.tvm))), "threads": target.threads, "rpc_key": target.rpc_key,
@@ -208,7 +304,7 @@ def _manifest(model: ImportedModel, target: Target, stats, compiler_line: str, v
         "tvm_version": _tvm_version(),
         "inputs": [s.to_json() for s in model.inputs],
         "outputs": [s.to_json() for s in stats.outputs],
-        "precision": {"mode": "fp32"},
+        "precision": precision or {"mode": "fp32"},
         "tuning": stats.tuning or {"database": None, "records_applied": 0},
         "fusion": stats.to_json(),
         "memory": {"planned_activation_bytes": stats.planned_activation_bytes, "weight_bytes": stats.weight_bytes},

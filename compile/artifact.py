@@ -308,7 +308,11 @@ def validate_manifest(m: Any, artifact: Path) -> dict[str, Any]:
     inputs = _tensor_list(f, m, "inputs")
     _tensor_list(f, m, "outputs")
     precision = f.obj(m, "precision", "precision")
-    f.get(precision, "mode", "precision.mode", _is_str, "a string")
+    f.get(precision, "mode", "precision.mode", lambda v: v in ("fp32", "int8"), "fp32 or int8")
+    quantized = f.get(precision, "quantized_model", "precision.quantized_model", _is_opt_str, "a string or null",
+                      optional=True)
+    if quantized is not None and (member_path_problem(quantized) or quantized not in files):
+        f.fail("precision.quantized_model", "a file of the artifact listed in files", quantized)
     tuning = f.obj(m, "tuning", "tuning")
     f.get(tuning, "database", "tuning.database", _is_opt_str, "a string or null")
     f.get(tuning, "records_applied", "tuning.records_applied", lambda v: _is_int(v) and v >= 0, "a non-negative integer")

@@ -33,6 +33,7 @@ class BuildStats:
     outputs: list[TensorSpec] = field(default_factory=list)
     kernel_rows: list[dict[str, Any]] = field(default_factory=list)
     tuning: dict[str, Any] = field(default_factory=dict)
+    int8: dict[str, Any] = field(default_factory=dict)  # QDQ models: compile/int8.py's report
 
     def to_json(self) -> dict[str, Any]:
         from .explain import patterns_summary
@@ -141,17 +142,20 @@ def _lowered_stats(mod) -> tuple[int, int, list[str], int, int]:
     return len(kernels), launches, kernels, storage, weights
 
 
-def cpu_front_passes(tt, target: Target | None = None) -> list:
-    """Library dispatch, fast math, blocked layouts and legalization: the CPU pipeline up to fusion.
+def cpu_front_passes(tt, target: Target | None = None, int8_report=None) -> list:
+    """Library dispatch, fast math, integer rewrites, blocked layouts and legalization: the CPU pipeline
+    up to fusion.
 
     Tuning extracts its tasks here. With `target`, convolutions go to the blocked NCHW[x]c layout of
-    `compile/layout.py` (its block is the target's vector width); without, they stay NCHW.
+    `compile/layout.py` (its block is the target's vector width); without, they stay NCHW. QDQ
+    models get their integer operators (`compile/int8.py`; `int8_report` collects what changed).
     """
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     from .fast_math import fast_math_pass
     from .index_bounds import ClampIndices
+    from .int8 import IntegerOps, QdqElementwise
     from .layout import blocked_layout_passes, legalize_map
 
     layout = blocked_layout_passes(target) if target is not None else []
@@ -159,10 +163,11 @@ def cpu_front_passes(tt, target: Target | None = None) -> list:
     if layout:
         # TVM's conv2d legalization refuses 5-D layouts: the blocked convs get the toolkit's computes
         legalize = [tvm.relax.transform.LegalizeOps(legalize_map())] + legalize[1:]
-    return [ClampIndices()] + cpu_generic.library_dispatch_passes(tt) + [fast_math_pass()] + layout + legalize
+    return ([ClampIndices()] + cpu_generic.library_dispatch_passes(tt) + [fast_math_pass(), QdqElementwise()] + layout
+            + [IntegerOps(int8_report)] + legalize)
 
 
-def relax_pipeline(target: Target, tuning_passes: list | None = None):
+def relax_pipeline(target: Target, tuning_passes: list | None = None, int8_report=None):
     """The Relax pipeline for the target, operator fusion on (CPU targets don't fuse by default).
 
     CPU: TVM's CPU stages with this toolkit's schedule passes between fusion and lowering.
@@ -180,7 +185,7 @@ def relax_pipeline(target: Target, tuning_passes: list | None = None):
 
         return tvm.transform.Sequential([ClampIndices(), relax.get_default_pipeline(tt)])
     return tvm.transform.Sequential(
-        cpu_front_passes(tt, target)
+        cpu_front_passes(tt, target, int8_report)
         + list(tuning_passes or [])  # tuned records first; the default rules schedule the rest
         + schedule_passes(target)
         + cpu_generic.dataflow_lower_passes(tt)
@@ -205,9 +210,13 @@ def build_library(mod, target: Target, lib_path: Path, output_names: list[str],
     tt = tvm_target(target)
     outputs = _output_specs(mod, output_names)
     graph_ops = _count_graph_ops(mod)
+    from .int8 import Int8Report, is_quantized
+
+    report = Int8Report() if is_quantized(mod) else None
     try:
         with stages.stage("fuse + schedule"), tt, quiet_native_stderr():
-            lowered = _drop_unlaunched_kernels(relax_pipeline(target, tuning_passes_for(tuning_db, target))(mod))
+            pipeline = relax_pipeline(target, tuning_passes_for(tuning_db, target), report)
+            lowered = _drop_unlaunched_kernels(pipeline(mod))
         kernels, launches, names, planned, weights = _lowered_stats(lowered)
         rows = kernel_table(lowered)
         with stages.stage("LLVM codegen"), tt, quiet_native_stderr():
@@ -224,4 +233,6 @@ def build_library(mod, target: Target, lib_path: Path, output_names: list[str],
         raise CompileFailure(f"linking the library for {target.name} failed: {_one_line(exc)}") from None
     stats = BuildStats(graph_ops, kernels, launches, names, planned, weights, outputs, rows)
     stats.tuning = tuning_summary(tuning_db, lowered)
+    if report is not None:
+        stats.int8 = report.to_json()
     return stats, compiler_line

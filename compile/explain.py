@@ -42,7 +42,8 @@ def pattern_of(name: str) -> str:
     """A readable fusion pattern: conv2d+bias+relu6, conv2d+bias+residual, matmul+bias, ..."""
     if name.startswith("te_layout_transform"):
         return "layout_transform"
-    ops = [op for op in _ops_of(name) if op != "nchwc"]  # the blocked-layout convs (compile/layout.py)
+    # the blocked-layout convs and their 8-bit forms (compile/layout.py: conv2d_nchwc, conv2d_nchwc_int8)
+    ops = [op for op in _ops_of(name) if op not in ("nchwc", "int", "wide")]
     if ops[:2] == ["depthwise", "conv2d"]:
         ops = ["depthwise_conv2d", *ops[2:]]
     if not ops:
@@ -96,9 +97,34 @@ def kernel_table(lowered) -> list[dict[str, Any]]:
                 nbytes += int(np.prod([int(d.value) for d in buf.shape])) * np.dtype(str(buf.dtype)).itemsize
         schedule = kernel_schedule(func).removeprefix("default:")  # the rule's name, "tuned" or "none"
         rows.append({"name": name, "pattern": pattern_of(name), "flops": flops, "bytes": nbytes,
-                     "schedule": schedule, "launches": launches.get(name, 0), "time_us": None})
+                     "schedule": schedule, "launches": launches.get(name, 0), "time_us": None,
+                     "dtypes": kernel_dtypes(func)})
     rows.sort(key=lambda r: -(r["flops"] or 0))
     return rows
+
+
+_SHORT = {"float32": "f32", "float16": "f16", "int32": "i32", "int8": "i8", "uint8": "u8", "int64": "i64", "bool": "bool"}
+
+
+def kernel_dtypes(func) -> str:
+    """What a kernel's main computation reads and accumulates in: "u8×i8→i32" for an integer conv,
+    "f32×f32→f32" for a float one; for kernels without a reduction, its inputs' → its output's type."""
+    import tvm_ffi
+    from tvm import s_tir, tirx
+
+    blocks: list = []
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, lambda b: blocks.append(b)), order="pre")
+    short = lambda d: _SHORT.get(str(d), str(d))  # noqa: E731
+    for b in blocks:
+        if any(iv.iter_type == tirx.IterVar.CommReduce for iv in b.iter_vars) and b.writes:
+            out = b.writes[0].source
+            ins = [short(r.source.dtype) for r in b.reads if not r.source.same_as(out)]
+            return "×".join(ins) + "→" + short(out.dtype)
+    params = [p for p in func.params if hasattr(p, "dtype")]
+    if not params:
+        return ""
+    ins = sorted({short(p.dtype) for p in params[:-1]}) or ["-"]
+    return ",".join(ins) + "→" + short(params[-1].dtype)
 
 
 def patterns_summary(rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -50,6 +50,14 @@ class ImportedModel:
     def name(self) -> str:
         return self.path.stem
 
+    @property
+    def quantized(self) -> bool:
+        """A QDQ model (quantize/dequantize in the graph): built with integer kernels, checked against its
+        literal execution."""
+        from .int8 import is_quantized
+
+        return self.format == ONNX and is_quantized(self.mod)
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()

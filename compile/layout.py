@@ -167,8 +167,10 @@ def convert_layout_pass(candidates: list[int]):
     return _pass
 
 
-def _padded_window(data, kh: int, kw: int, strides, padding, dilation):
-    """The zero-padded NCHW[x]c input (block `pad_nchwc`, which the schedules inline) and the output H, W."""
+def _padded_window(data, kh: int, kw: int, strides, padding, dilation, pad_value=0):
+    """The padded NCHW[x]c input (block `pad_nchwc`, which the schedules inline) and the output H, W.
+
+    `pad_value` is 0, or an 8-bit input's zero point (the value of 0.0 in the quantized domain)."""
     from tvm import topi
 
     h, w = int(data.shape[2]), int(data.shape[3])
@@ -176,18 +178,53 @@ def _padded_window(data, kh: int, kw: int, strides, padding, dilation):
     pt, pl, pb, pr = padding
     oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
-    padded = topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], name="pad_nchwc") if any(padding) else data
+    padded = topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], pad_value, name="pad_nchwc") if any(padding) else data
     return padded, oh, ow
 
 
-def _conv_nchwc(data, kernel, strides, padding, dilation, out_dtype):
+def _product(a, b, out_dtype: str):
+    """a * b in the accumulator type (8-bit operands are widened first: u8 x s8 must not wrap in 8 bits)."""
+    if str(a.dtype) == out_dtype and str(b.dtype) == out_dtype:
+        return a * b
+    return a.astype(out_dtype) * b.astype(out_dtype)
+
+
+DOT = 4  # the integer dot-product instructions (pmaddubsw+pmaddwd, vpdpbusd, sdot) reduce 4 bytes per lane
+
+
+def conv_nchwc_int8(data, kernel, strides, padding, dilation, out_dtype="int32", pad_value=0, wide=False):
+    """The 8-bit NCHW[x]c conv, its weight `[ob, icb, kh, kw, ib/4, oi, 4]`: the 4 products one output lane
+    adds are adjacent bytes (the operand of the integer dot-product instructions), and the input's 4
+    channels at a pixel one 32-bit word. The input is padded with its zero point."""
+    from tvm import te
+
+    n, icb_n, _, _, ib = (int(d) for d in data.shape)
+    ob_n, _, kh, kw, _, obs, _ = (int(d) for d in kernel.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    padded, oh, ow = _padded_window(data, kh, kw, strides, padding, dilation, pad_value)
+    icb = te.reduce_axis((0, icb_n), "icb")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    ic4 = te.reduce_axis((0, ib // DOT), "ic4")
+    k = te.reduce_axis((0, DOT), "k")
+    return te.compute(
+        (n, ob_n, oh, ow, obs),
+        lambda b, ob, y, x, oi: te.sum(
+            _product(padded[b, icb, y * sh + ry * dh, x * sw + rx * dw, ic4 * DOT + k], kernel[ob, icb, ry, rx, ic4, oi, k],
+                     out_dtype),
+            axis=[icb, ry, rx, ic4, k]),
+        # `wide`: a pair of products may overflow int16 (see compile/schedules/int8.py)
+        name="conv2d_nchwc_int8_wide" if wide else "conv2d_nchwc_int8")
+
+
+def conv_nchwc(data, kernel, strides, padding, dilation, out_dtype, pad_value=0):
     """out[n, ob, y, x, oi] = sum_{icb, kh, kw, ici} pad(data)[n, icb, y*s + kh*d, x*s + kw*d, ici] * W[ob, icb, kh, kw, ici, oi]."""
     from tvm import te
 
     n, icb_n, _, _, ib = (int(d) for d in data.shape)
     ob_n, _, kh, kw, _, obs = (int(d) for d in kernel.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    padded, oh, ow = _padded_window(data, kh, kw, strides, padding, dilation)
+    padded, oh, ow = _padded_window(data, kh, kw, strides, padding, dilation, pad_value)
     icb = te.reduce_axis((0, icb_n), "icb")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -195,25 +232,25 @@ def _conv_nchwc(data, kernel, strides, padding, dilation, out_dtype):
     return te.compute(
         (n, ob_n, oh, ow, obs),
         lambda b, ob, y, x, oi: te.sum(
-            (padded[b, icb, y * sh + ry * dh, x * sw + rx * dw, ici] * kernel[ob, icb, ry, rx, ici, oi]).astype(out_dtype),
+            _product(padded[b, icb, y * sh + ry * dh, x * sw + rx * dw, ici], kernel[ob, icb, ry, rx, ici, oi], out_dtype),
             axis=[icb, ry, rx, ici]),
         name="conv2d_nchwc")
 
 
-def _depthwise_nchwc(data, kernel, strides, padding, dilation, out_dtype):
+def depthwise_nchwc(data, kernel, strides, padding, dilation, out_dtype, pad_value=0):
     """out[n, cb, y, x, ci] = sum_{kh, kw} pad(data)[n, cb, y*s + kh*d, x*s + kw*d, ci] * W[cb, 0, kh, kw, 0, ci]."""
     from tvm import te
 
     n, cb_n, _, _, bs = (int(d) for d in data.shape)
     kh, kw = int(kernel.shape[2]), int(kernel.shape[3])
     (sh, sw), (dh, dw) = strides, dilation
-    padded, oh, ow = _padded_window(data, kh, kw, strides, padding, dilation)
+    padded, oh, ow = _padded_window(data, kh, kw, strides, padding, dilation, pad_value)
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     return te.compute(
         (n, cb_n, oh, ow, bs),
         lambda b, c, y, x, ci: te.sum(
-            (padded[b, c, y * sh + ry * dh, x * sw + rx * dw, ci] * kernel[c, 0, ry, rx, 0, ci]).astype(out_dtype),
+            _product(padded[b, c, y * sh + ry * dh, x * sw + rx * dw, ci], kernel[c, 0, ry, rx, 0, ci], out_dtype),
             axis=[ry, rx]),
         name="depthwise_conv2d_nchwc")
 
@@ -232,7 +269,7 @@ def legalize_conv2d(bb, call):
     out_dtype = str(attrs.out_dtype)
     if out_dtype in ("", "void", "None"):  # "same as the input"
         out_dtype = str(call.args[0].ty.dtype)
-    compute = _conv_nchwc if int(attrs.groups) == 1 else _depthwise_nchwc
+    compute = conv_nchwc if int(attrs.groups) == 1 else depthwise_nchwc
     return bb.call_te(compute, call.args[0], call.args[1], strides, padding, dilation, out_dtype,
                       primfunc_name_hint="conv2d_nchwc" if int(attrs.groups) == 1 else "depthwise_conv2d_nchwc")
 

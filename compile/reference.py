@@ -56,18 +56,21 @@ class ReferenceRuntime:
     kind: str
 
     @classmethod
-    def open(cls, model_path: Path, fmt: str, threads: int = 1) -> "ReferenceRuntime":
+    def open(cls, model_path: Path, fmt: str, threads: int = 1, literal: bool = False) -> "ReferenceRuntime":
+        """`literal`: onnxruntime with graph optimizations off (a QDQ graph executed as written)."""
         with quiet_native_stderr():  # LiteRT announces its XNNPACK delegate on every interpreter
-            return cls._open(model_path, fmt, threads)
+            return cls._open(model_path, fmt, threads, literal)
 
     @classmethod
-    def _open(cls, model_path: Path, fmt: str, threads: int) -> "ReferenceRuntime":
+    def _open(cls, model_path: Path, fmt: str, threads: int, literal: bool = False) -> "ReferenceRuntime":
         if fmt == ONNX:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+            if literal:
+                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
             return cls("onnxruntime", ort.__version__, sess, ONNX)
         Interpreter = tflite_interpreter_class()

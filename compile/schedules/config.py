@@ -34,6 +34,7 @@ class CpuConfig:
     threads: int         # cores the target has (parallel loops are emitted when > 1)
     l1_bytes: int
     l2_bytes: int
+    int8_dot: str = ""   # 4-way 8-bit dot product: "vnni", "avx512bw", "avx2", "sdot"; "" none (plain widening multiplies)
 
     def lanes(self, dtype_bits: int) -> int:
         return max(1, self.vector_bits // max(1, dtype_bits))
@@ -71,4 +72,15 @@ def cpu_config(target: Target) -> CpuConfig:
             isa, bits, regs = "armv7-scalar", 32, 16
     l1, l2 = _CACHES.get(mcpu, _DEFAULT_CACHES.get(arch, (32 << 10, 512 << 10)))
     return CpuConfig(arch=arch, isa=isa, vector_bits=bits, vector_regs=regs, threads=max(1, target.threads),
-                     l1_bytes=l1, l2_bytes=l2)
+                     l1_bytes=l1, l2_bytes=l2, int8_dot=_int8_dot(isa, mattr))
+
+
+def _int8_dot(isa: str, mattr: set[str]) -> str:
+    """The 8-bit dot-product instruction family the target has (see `compile/schedules/int8.py`)."""
+    if isa == "x86-avx512":
+        return "vnni" if "+avx512vnni" in mattr else ("avx512bw" if "+avx512bw" in mattr else "")
+    if isa == "x86-avx2":
+        return "avx2"
+    if isa == "aarch64-neon" and "+dotprod" in mattr:
+        return "sdot"
+    return ""

@@ -248,8 +248,11 @@ class _Prepared:
     fusable: bool       # every epilogue stage is pointwise over the main block's output (see _pointwise_over)
 
 
-def _prepare(func) -> _Prepared | None:
-    """Find the one reduction block, inline plain prologue/epilogue stages around it."""
+def _prepare(func, analyse: bool = True) -> _Prepared | None:
+    """Find the one reduction block, inline plain prologue/epilogue stages around it.
+
+    `analyse=False`: the caller knows the main block's structure (the NCHW[x]c int8 conv, whose
+    weight's innermost axis is the 4-way dot, not the output lane) and needs no `_MainInfo`."""
     _, s_tir, tirx = _ir()
     sch = s_tir.Schedule(func)
     root = _root(sch)
@@ -262,8 +265,8 @@ def _prepare(func) -> _Prepared | None:
     if not all(_is_spatial_block(s) for i, s in enumerate(stmts) if i != mi):
         return None
     main = blocks[mi]
-    info = _analyse_main(stmts[mi])
-    if info is None or info.kind == "reduce":
+    info = _analyse_main(stmts[mi]) if analyse else None
+    if analyse and (info is None or info.kind == "reduce"):
         return None
     loops = sch.get_loops(main)
     iters = list(stmts[mi].iter_vars)

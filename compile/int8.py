@@ -1,0 +1,351 @@
+"""QDQ -> integer operators: the Relax rewrites that make quantized models compute in 8-bit integers.
+
+A QDQ model (onnxruntime's `quantize_static`, NNCF, Quark, or `compile --int8`) imports into Relax
+as `dequantize(q) -> conv2d/matmul -> quantize` chains whose arithmetic is float32. Two passes:
+
+1. `QdqElementwise` (before the blocked-layout passes): every per-tensor quantize / dequantize of
+   an activation becomes plain elementwise ops (`round(x * (1/s)) + z` clamped and cast;
+   `float(q - z) * s`): TVM's own lowering, but for the reciprocal (a division per output costs
+   more than a small integer conv; it moves a value by one step only at a rounding tie). Layout conversion sees
+   through them (quantize/dequantize have no layout inference: each would sit between two layout
+   transforms) and fusion puts them into the neighbouring kernels.
+2. `IntegerOps` (after the layout passes, before legalization) rewrites
+
+       conv2d(dequant(xq, sx, zx), [layout_transform](dequantize(Wq, sw, 0)))     NCHW or NCHW[x]c
+       matmul(dequant(xq, sx, zx), [permute_dims](dequantize(Wq, sw, 0)))
+
+   (activations per-tensor, constant weights symmetric per-tensor or per output channel) into
+
+       acc = conv2d_int(xq padded with zx, Wq) -> int32        8-bit x 8-bit, int32 accumulation
+       y   = float(acc - zx * sum(Wq)) * (sx * sw)             zero-point correction precomputed
+
+   The float graph pads with 0.0, which is `zx` in the quantized domain, so the padding is the zero
+   point and `zx * sum(W)` is one constant per output channel. Blocked convs get the toolkit's
+   8-bit NCHW[x]c computes (`compile/layout.py`), weights repacked here at compile time; NCHW ones
+   Relax's integer conv2d. Bias, activation clamps and the next quantize stay as they are and
+   fuse into the integer kernel's epilogue: requantization by a float scale, one multiply per
+   output on these CPUs.
+
+`Int8Report` says what became integer and what stayed float (and why), for the manifest and
+`compile --explain`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Int8Report", "IntegerOps", "QdqElementwise", "is_quantized"]
+
+CONV = "relax.nn.conv2d"
+MATMUL = "relax.matmul"
+QUANTIZE = "relax.quantize"
+DEQUANTIZE = "relax.dequantize"
+PERMUTE = "relax.permute_dims"
+LAYOUT_TRANSFORM = "relax.layout_transform"
+EIGHT_BIT = ("uint8", "int8")
+
+
+@dataclass
+class Int8Report:
+    """What the rewrite did: integer operators made, and the compute operators left in float."""
+
+    integer_ops: dict[str, int] = field(default_factory=dict)
+    float_ops: dict[str, str] = field(default_factory=dict)  # "conv2d #3" -> why it stayed float
+    _seen: dict[str, int] = field(default_factory=dict)
+
+    def integer(self, kind: str) -> None:
+        self._seen[kind] = self._seen.get(kind, 0) + 1
+        self.integer_ops[kind] = self.integer_ops.get(kind, 0) + 1
+
+    def float(self, kind: str, why: str) -> None:
+        self._seen[kind] = self._seen.get(kind, 0) + 1
+        self.float_ops[f"{kind} #{self._seen[kind]}"] = why
+
+    def to_json(self) -> dict[str, Any]:
+        return {"integer_ops": dict(self.integer_ops), "float_ops": dict(self.float_ops)}
+
+
+def _const_value(expr) -> np.ndarray | None:
+    import tvm
+
+    if isinstance(expr, tvm.ir.GenericConst) and hasattr(expr.value, "numpy"):
+        return expr.value.numpy()
+    return None
+
+
+def _op_name(expr) -> str:
+    return str(getattr(getattr(expr, "op", None), "name", ""))
+
+
+def _scalar(expr) -> float | None:
+    v = _const_value(expr)
+    return None if v is None or v.size != 1 else v.reshape(()).item()
+
+
+def QdqElementwise():  # noqa: N802 - a pass constructor
+    """Per-tensor quantize / dequantize of activations as elementwise ops (see the module doc, 1)."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Rewrite(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
+            call = super().visit_call_(call)
+            name = _op_name(call)
+            if name not in (QUANTIZE, DEQUANTIZE):
+                return call
+            x = call.args[0]
+            s, z = _scalar(call.args[1]), _scalar(call.args[2])
+            if s is None or z is None or _const_value(x) is not None:
+                return call  # per-channel (weights) or constant: folded at compile time as it is
+            dtype = str(call.attrs.out_dtype)
+            if name == QUANTIZE:
+                if str(x.ty.dtype) != "float32" or dtype not in EIGHT_BIT:
+                    return call
+                lo, hi = (0.0, 255.0) if dtype == "uint8" else (-128.0, 127.0)
+                # x * (1/s), not x / s: a division per output costs more than the integer conv itself on
+                # small layers; the two differ only where x / s is within an ulp of a rounding tie
+                q = relax.op.round(relax.op.multiply(x, relax.const(np.float32(1.0) / np.float32(s), "float32")))
+                if z:
+                    q = relax.op.add(q, relax.const(float(z), "float32"))
+                # maximum/minimum, not clip: layout conversion propagates through them
+                q = relax.op.minimum(relax.op.maximum(q, relax.const(lo, "float32")), relax.const(hi, "float32"))
+                return relax.op.astype(q, dtype)
+            if str(x.ty.dtype) not in EIGHT_BIT or dtype != "float32":
+                return call
+            d = relax.op.astype(x, "int32")
+            if z:
+                d = relax.op.subtract(d, relax.const(int(z), "int32"))
+            return relax.op.multiply(relax.op.astype(d, "float32"), relax.const(s, "float32"))
+
+    from .relax_passes import mutator_pass
+
+    return mutator_pass(_Rewrite, "AutoglmQdqElementwise")
+
+
+_BLOCKED_KERNEL = re.compile(r"^OIHW(\d+)i(\d+)o$")
+
+
+def _pack_kernel(w: np.ndarray, layout: str) -> np.ndarray | None:
+    """OIHW -> the blocked kernel layout OIHW[ib]i[ob]o ([O/ob, I/ib, H, W, ib, ob]); None if not that."""
+    m = _BLOCKED_KERNEL.match(layout)
+    if layout == "OIHW":
+        return w
+    if m is None:
+        return None
+    ib, ob = int(m.group(1)), int(m.group(2))
+    o, i, h, k = w.shape
+    if o % ob or i % ib:
+        return None
+    return np.ascontiguousarray(w.reshape(o // ob, ob, i // ib, ib, h, k).transpose(0, 2, 4, 5, 3, 1))
+
+
+def _pairs_overflow_int16(dot4: np.ndarray) -> bool:
+    """Whether u8 x s8 products of adjacent weight pairs (the last axis, 4 per lane) can leave int16:
+    `vpmaddubsw` would saturate them (weights quantized with reduce_range never do)."""
+    w = np.abs(dot4.astype(np.int32))
+    return bool((255 * (w[..., 0::2] + w[..., 1::2])).max(initial=0) > 32767)
+
+
+def IntegerOps(report: Int8Report | None = None):  # noqa: N802 - a pass constructor
+    """Dequantize -> conv2d / matmul chains to integer operators (see the module doc, 2)."""
+    import tvm
+    from tvm import relax
+
+    from .layout import DOT, conv_nchwc_int8, depthwise_nchwc
+
+    rep = report if report is not None else Int8Report()
+
+    @relax.expr_functor.mutator
+    class _Rewrite(relax.PyExprMutator):
+        def _bound(self, expr):
+            """What a dataflow variable is bound to (every call is bound to a var in a dataflow block)."""
+            for _ in range(64):
+                if not isinstance(expr, relax.Var):
+                    break
+                try:
+                    value = self.lookup_binding(expr)
+                except Exception:  # noqa: BLE001 - a function parameter has no binding
+                    value = None
+                if value is None:
+                    break
+                expr = value
+            return expr
+
+        def _call(self, expr, name: str):
+            e = self._bound(expr)
+            return e if isinstance(e, relax.Call) and _op_name(e) == name else None
+
+        def _activation(self, expr):
+            """(q, sx, zx) for `float(astype(q, int32) [- zx]) * sx`, QdqElementwise's dequantize, or why not.
+
+            A layout transform of the dequantized tensor (ConvertLayout puts one where a blocked chain
+            starts or ends) moves onto the 8-bit tensor: the same reorder, a quarter of the bytes."""
+            moved = self._call(expr, LAYOUT_TRANSFORM)
+            if moved is not None:
+                act, why = self._activation(moved.args[0])
+                if act is None:
+                    return act, why
+                xq, sx, zx = act
+                # bound to a var (call_te takes vars); unused if the op stays float: dead code, removed
+                return (self.builder_.emit(relax.Call(moved.op, [xq], moved.attrs)), sx, zx), ""
+            mul = self._call(expr, "relax.multiply")
+            if mul is None:
+                return None, "its input is not a dequantized 8-bit tensor"
+            sx = _scalar(mul.args[1])
+            to_float = self._call(mul.args[0], "relax.astype")
+            if sx is None or to_float is None:
+                return None, "its input is not a per-tensor dequantized 8-bit tensor"
+            inner, zx = to_float.args[0], 0
+            sub = self._call(inner, "relax.subtract")
+            if sub is not None:
+                z = _scalar(sub.args[1])
+                if z is None:
+                    return None, "its input's zero point is not a constant"
+                inner, zx = sub.args[0], int(z)
+            widen = self._call(inner, "relax.astype")
+            if widen is None or str(widen.args[0].ty.dtype) not in EIGHT_BIT:
+                return None, "its input is not a dequantized 8-bit tensor"
+            return (widen.args[0], float(sx), zx), ""
+
+        def _weight(self, expr, allow: str):
+            """(W int8 OIHW / [out, in] numpy, per-output scales or scalar, scale axis, wrapper call) or why not."""
+            call = self._bound(expr)
+            wrapper = None
+            if isinstance(call, relax.Call) and _op_name(call) == allow:
+                wrapper, call = call, self._bound(call.args[0])
+            if not (isinstance(call, relax.Call) and _op_name(call) == DEQUANTIZE):
+                return None, "its weight is not a dequantized constant"
+            w = _const_value(self._bound(call.args[0]))
+            scale, zp = _const_value(call.args[1]), _const_value(call.args[2])
+            if w is None or scale is None or zp is None or w.dtype != np.int8:
+                return None, "its weight is not a constant int8 tensor"
+            if np.any(zp != 0):
+                return None, "its weight zero point is not 0 (asymmetric weights)"
+            return (w, scale.astype(np.float64).reshape(-1), int(call.attrs.axis), wrapper), ""
+
+        def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
+            call = super().visit_call_(call)
+            name = _op_name(call)
+            if name == CONV:
+                return self._conv(call)
+            if name == MATMUL:
+                return self._matmul(call)
+            return call
+
+        def _conv(self, call):
+            a = call.attrs
+            act, why = self._activation(call.args[0])
+            wt = None
+            if act is not None:
+                wt, why = self._weight(call.args[1], LAYOUT_TRANSFORM)
+            if wt is None:
+                rep.float("conv2d", why)
+                return call
+            xq, sx, zx = act
+            w, sw, axis, _ = wt
+            out_ch, groups = w.shape[0], int(a.groups)
+            if sw.size not in (1, out_ch) or (sw.size > 1 and axis != 0):
+                rep.float("conv2d", "its weight scale is not per output channel")
+                return call
+            packed = _pack_kernel(w, str(a.kernel_layout))
+            layout = str(a.data_layout)
+            blocked = re.compile(r"^NCHW\d+c$")
+            out_layout = str(a.out_layout)
+            if packed is None or not (layout == out_layout == "NCHW" or blocked.match(layout) and blocked.match(out_layout)):
+                rep.float("conv2d", f"layout {layout}/{a.kernel_layout}")
+                return call
+            strides, dilation = [int(s) for s in a.strides], [int(d) for d in a.dilation]
+            padding = [int(p) for p in a.padding]  # top, left, bottom, right
+            corr = (zx * w.astype(np.int64).reshape(out_ch, -1).sum(axis=1)).astype(np.int32)
+            scale = (sx * np.broadcast_to(sw, (out_ch,))).astype(np.float32)
+            if layout == "NCHW":
+                data = xq
+                if any(padding):
+                    data = relax.op.nn.pad(xq, [0, 0, 0, 0, padding[0], padding[2], padding[1], padding[3]],
+                                           pad_value=float(zx))
+                acc = relax.op.nn.conv2d(data, relax.const(w, "int8"), strides=strides, padding=[0, 0, 0, 0],
+                                         dilation=dilation, groups=groups, out_dtype="int32")
+                shape = (1, out_ch, 1, 1)
+            else:
+                ob = packed.shape[-1]
+                shape = (1, out_ch // ob, 1, 1, ob)
+                # (top, left, bottom, right) as the computes take it
+                pads = [padding[0], padding[1], padding[2], padding[3]]
+                if groups == 1 and packed.shape[4] % DOT == 0:
+                    o_b, i_b, kh, kw, ib, obs = packed.shape
+                    dot4 = np.ascontiguousarray(packed.reshape(o_b, i_b, kh, kw, ib // DOT, DOT, obs).transpose(0, 1, 2, 3, 4, 6, 5))
+                    acc = self.builder_.call_te(conv_nchwc_int8, xq, relax.const(dot4, "int8"), strides, pads, dilation,
+                                                "int32", zx, _pairs_overflow_int16(dot4),
+                                                primfunc_name_hint="conv2d_nchwc_int8")
+                elif groups == 1:
+                    from .layout import conv_nchwc
+
+                    acc = self.builder_.call_te(conv_nchwc, xq, relax.const(packed, "int8"), strides, pads, dilation,
+                                                "int32", zx, primfunc_name_hint="conv2d_nchwc")
+                elif groups == out_ch == int(xq.ty.shape[1]) * int(xq.ty.shape[4]):
+                    acc = self.builder_.call_te(depthwise_nchwc, xq, relax.const(packed, "int8"), strides, pads, dilation,
+                                                "int32", zx, primfunc_name_hint="depthwise_conv2d_nchwc")
+                else:
+                    rep.float("conv2d", f"grouped conv ({groups} groups) in {layout}")
+                    return call
+            rep.integer("conv2d")
+            return self._rescale(acc, corr.reshape(shape), scale.reshape(shape), call)
+
+        def _matmul(self, call):
+            act, why = self._activation(call.args[0])
+            wt = None
+            if act is not None:
+                wt, why = self._weight(call.args[1], PERMUTE)
+            if wt is None:
+                rep.float("matmul", why)
+                return call
+            xq, sx, zx = act
+            w, sw, axis, permute = wt
+            if w.ndim != 2 or (permute is not None and permute.attrs.axes is not None
+                               and [int(x) for x in permute.attrs.axes] != [1, 0]):
+                rep.float("matmul", "its weight is not a 2-D matrix (or is permuted other than transposed)")
+                return call
+            w_kn = np.ascontiguousarray(w.T if permute is not None else w)  # [K, N]
+            n = w_kn.shape[1]
+            out_axis = 0 if permute is not None else 1  # the weight's axis that is the output feature
+            if sw.size not in (1, n) or (sw.size > 1 and axis != out_axis):
+                rep.float("matmul", "its weight scale is not per output feature")
+                return call
+            acc = relax.op.matmul(xq, relax.const(w_kn, "int8"), out_dtype="int32")
+            corr = (zx * w_kn.astype(np.int64).sum(axis=0)).astype(np.int32)
+            scale = (sx * np.broadcast_to(sw, (n,))).astype(np.float32)
+            rep.integer("matmul")
+            return self._rescale(acc, corr, scale, call)
+
+        def _rescale(self, acc, corr: np.ndarray, scale: np.ndarray, original):
+            if np.any(corr):
+                acc = relax.op.subtract(acc, relax.const(corr, "int32"))
+            out = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale, "float32"))
+            dtype = str(original.ty.dtype)
+            return out if dtype == "float32" else relax.op.astype(out, dtype)
+
+    from .relax_passes import mutator_pass
+
+    del tvm
+    return mutator_pass(_Rewrite, "AutoglmIntegerOps")
+
+
+def is_quantized(mod) -> bool:
+    """Whether the module has any dequantize (a QDQ model)."""
+    from tvm import relax
+
+    found = False
+
+    def visit(expr):
+        nonlocal found
+        if isinstance(expr, relax.Call) and _op_name(expr) == DEQUANTIZE:
+            found = True
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found

@@ -1,0 +1,218 @@
+"""Integer schedules: the 8-bit NCHW[x]c conv (`conv2d_nchwc_int8` of `compile/layout.py`) tensorized
+with the target's 4-way 8-bit dot product.
+
+Per output lane the compute adds 4 products of adjacent input channels; the innermost
+`[lanes] x [4]` step is one dot-product instruction (sequence):
+
+- x86 AVX-512 VNNI: `vpdpbusd` (u8 x s8 -> s32, 4 per lane, no intermediate saturation);
+- x86 AVX-512BW / AVX2: `vpmaddubsw` (u8 x s8 pairs -> s16, saturating) + `vpmaddwd` by ones (-> s32).
+  Exact only when no pair overflows int16: the rewrite (`compile/int8.py`) names such convs
+  `conv2d_nchwc_int8` only when 255 * (|w_a| + |w_b|) fits for every pair (always so for weights
+  quantized with `reduce_range`, as `compile --int8` does on x86 without VNNI); the others are
+  `conv2d_nchwc_int8_wide`, tensorized on VNNI only;
+- aarch64 `+dotprod` (Cortex-A76, A78): `sdot` (s8 x s8, int8 activations).
+
+Elsewhere (NEON without dotprod, u8 activations on ARM, s8 activations on x86) the same tile is
+built from widening multiplies LLVM vectorises by itself. The register tile is the fp32 one of
+`nchwc.py` (nf channel blocks x nx pixels of int32 accumulators), the epilogue (zero-point
+correction, requantization, clamps, the next layer's quantize) fused per tile before one store.
+"""
+
+from __future__ import annotations
+
+from .config import CpuConfig
+
+MAIN_BLOCK = "conv2d_nchwc_int8"
+WIDE_BLOCK = "conv2d_nchwc_int8_wide"
+_REGISTERED: dict[tuple, str] = {}
+
+
+def _register(dot: str, lanes: int, a_dtype: str) -> str | None:
+    """The name of the TensorIntrin doing C[lanes] += A[4] . B[lanes, 4] with `dot`, registered once."""
+    key = (dot, lanes, a_dtype)
+    if key in _REGISTERED:
+        return _REGISTERED[key]
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    b_dtype = "int8"
+    nbytes = lanes * 4
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), b_dtype, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    a_x4, a_xn, b_xn, c_xl = f"{a_dtype}x4", f"{a_dtype}x{nbytes}", f"int8x{nbytes}", f"int32x{lanes}"
+
+    if dot == "vnni":
+        name = "llvm.x86.avx512.vpdpbusd.512" if lanes == 16 else "llvm.x86.avx512.vpdpbusd.256"
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, 4), b_dtype, offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+                T.writes(C[0:lanes])
+                a_word = T.reinterpret(A.vload([0], a_x4), dtype="int32")
+                b_words = T.reinterpret(B.vload([0, 0], dtype=b_xn), dtype=c_xl)
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(name), C.vload([0], dtype=c_xl), T.broadcast(a_word, lanes), b_words,
+                    dtype=c_xl)
+    elif dot in ("avx2", "avx512bw"):
+        suffix = "avx2" if lanes == 8 else "avx512"
+        pairs, i16 = (f"llvm.x86.{suffix}.pmadd.ub.sw" if lanes == 8 else "llvm.x86.avx512.pmaddubs.w.512",
+                      f"int16x{lanes * 2}")
+        widen = "llvm.x86.avx2.pmadd.wd" if lanes == 8 else "llvm.x86.avx512.pmaddw.d.512"
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, 4), b_dtype, offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+                T.writes(C[0:lanes])
+                a_word = T.reinterpret(A.vload([0], a_x4), dtype="int32")
+                a_bytes = T.reinterpret(T.broadcast(a_word, lanes), dtype=a_xn)
+                pair = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(pairs), a_bytes, B.vload([0, 0], dtype=b_xn),
+                                               dtype=i16)
+                C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=c_xl) + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(widen), pair, T.broadcast(T.int16(1), lanes * 2), dtype=c_xl)
+    elif dot == "sdot":
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, 4), b_dtype, offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+                T.writes(C[0:lanes])
+                a_word = T.reinterpret(A.vload([0], a_x4), dtype="int32")
+                a_bytes = T.reinterpret(T.broadcast(a_word, lanes), dtype=a_xn)
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), C.vload([0], dtype=c_xl),
+                    B.vload([0, 0], dtype=b_xn), a_bytes, dtype=c_xl)
+    else:
+        return None
+    intrin = f"autoglm_dot_{lanes}x4_{a_dtype}_{dot}"
+    TensorIntrin.register(intrin, desc, impl, override=True)
+    _REGISTERED[key] = intrin
+    return intrin
+
+
+def dot_intrinsic(cfg: CpuConfig, lanes: int, a_dtype: str, wide: bool) -> str | None:
+    """The tensor intrinsic for one 8-bit conv on `cfg`, or None to leave it to LLVM's vectoriser."""
+    dot = cfg.int8_dot
+    if dot in ("vnni", "avx2", "avx512bw"):
+        if a_dtype != "uint8" or (wide and dot != "vnni"):
+            return None
+        if lanes not in (8, 16) or (dot == "avx2" and lanes != 8):
+            return None
+        if dot == "avx512bw" and lanes == 8:
+            dot = "avx2"  # a 256-bit block on an AVX-512 machine: the AVX2 forms
+    elif dot == "sdot":
+        if a_dtype != "int8" or lanes != 4:
+            return None
+    else:
+        return None
+    return _register(dot, lanes, a_dtype)
+
+
+def conv2d_nchwc_int8(func, cfg: CpuConfig):
+    """Schedule a fused 8-bit NCHW[x]c conv kernel; (schedule, "conv2d-nchwc-int8[-dot]") or None."""
+    from .nchwc import _block_names
+    from .rules import _divisors_le, _int, _prepare, schedule_spatial_block
+
+    names = _block_names(func)
+    if MAIN_BLOCK not in names and WIDE_BLOCK not in names:
+        return None
+    prep = _prepare(func, analyse=False)
+    if prep is None or not prep.fusable:
+        return None
+    sch, main = prep.sch, prep.main
+    stmt = sch.get(main)
+    if stmt.name_hint not in (MAIN_BLOCK, WIDE_BLOCK):
+        return None
+    ext = [_int(iv.dom.extent) for iv in prep.iters]
+    if any(e is None for e in ext) or len(ext) != 10:
+        return None
+    lanes = ext[4]
+    a_dtype = str(stmt.reads[0].source.dtype) if stmt.reads[0].source.dtype != "int32" else str(stmt.reads[1].source.dtype)
+    intrin = dot_intrinsic(cfg, lanes, a_dtype, stmt.name_hint == WIDE_BLOCK)
+    budget = min(cfg.accumulators, 16 if cfg.arch != "x86_64" else cfg.accumulators)
+
+    epilogue = list(prep.epilogue)
+    if prep.is_output:
+        epilogue = [sch.cache_write(main, 0, "local")]
+    else:
+        sch.set_scope(main, 0, "local")
+
+    n_l, f_l, y_l, x_l, v_l, icb, ry, rx, ic4, k_l = sch.get_loops(main)
+    F, X = ext[1], ext[3]
+    best = None
+    for nf in _divisors_le(F, 4):
+        # accumulators + the weight vectors + the broadcast input word and the dot's temporaries
+        cap = min(X, 8, min(budget, cfg.vector_regs - nf - 4) // nf)
+        for nx in _divisors_le(X, max(1, cap)):
+            acc = nf * nx
+            score = acc / (nf + nx) + 0.001 * acc
+            if best is None or score > best[0]:
+                best = (score, nf, nx)
+    _, nf, nx = best
+    fo, fi = sch.split(f_l, factors=[None, nf])
+    po, pi = sch.split(x_l, factors=[None, nx])
+    w_bytes = F * lanes * ext[5] * ext[6] * ext[7] * ext[8] * ext[9]
+    outer = [n_l, y_l, po, fo] if w_bytes <= cfg.l2_bytes // 2 else [n_l, fo, y_l, po]
+    sch.reorder(*outer, icb, ry, rx, ic4, fi, pi, v_l, k_l)
+    fused = sch.fuse(*outer)
+    if cfg.threads > 1 and (_int(sch.get(fused).extent) or 1) > 1:
+        sch.parallel(fused)
+    for lp in (ry, rx):
+        if (_int(sch.get(lp).extent) or 0) <= 7:
+            sch.unroll(lp)
+    sch.unroll(fi)
+    sch.unroll(pi)
+    for blk in epilogue:
+        sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
+        eloops = sch.get_loops(blk)[1:]
+        for lp in eloops[:-1]:
+            sch.unroll(lp)
+        if eloops:
+            sch.vectorize(eloops[-1])
+    init = sch.decompose_reduction(main, icb)
+    iloops = sch.get_loops(init)[1:]
+    for lp in iloops[:-1]:
+        sch.unroll(lp)
+    if iloops:
+        sch.vectorize(iloops[-1])
+    kind = "conv2d-nchwc-int8"
+    if intrin is not None:
+        sch.tensorize(v_l, intrin)
+        kind += f"-{cfg.int8_dot}"
+    else:
+        sch.reorder(k_l, v_l)
+        sch.unroll(k_l)
+        sch.vectorize(v_l)
+    for blk in prep.prologue:
+        if intrin is None:
+            try:
+                sch.compute_inline(blk)  # the zero-point padding read in place
+                continue
+            except Exception:  # noqa: BLE001 - a stage that cannot inline is scheduled on its own
+                pass
+        # the dot product loads 4 input bytes as one word: the padded input is a buffer, not a predicate
+        schedule_spatial_block(sch, blk, cfg)
+    return sch, kind
