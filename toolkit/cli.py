@@ -67,10 +67,17 @@ def compile_cmd(
     rtol: Annotated[float, typer.Option(help="Verification relative tolerance.")] = 1e-3,
     explain: Annotated[bool, typer.Option("--explain", help="Print the fusion report: kernels, patterns, FLOPs, bytes, schedules, times.")] = False,
     tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="Apply MetaSchedule records from this database (see `autoglm tune`).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Quantize to INT8 (onnxruntime calibration) and build integer kernels.")] = False,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="--int8: a directory of .npy/.npz calibration samples.")] = None,
+    calibration_random: Annotated[Optional[int], typer.Option("--calibration-random", help="--int8: calibrate on N random inputs (a quick look: accuracy unknown).")] = None,
+    calibration_method: Annotated[str, typer.Option("--calibration-method", help="--int8: minmax, percentile or entropy.")] = "minmax",
+    validation: Annotated[Optional[Path], typer.Option("--validation", help="--int8: samples for the accuracy report (default: the calibration data).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="--int8: labels.npy (one class per sample) for top-1 accuracy.")] = None,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="--int8: fail when int8 and fp32 agree on fewer than this fraction of samples.")] = 0.98,
     targets_dir: TargetsDir = None,
 ) -> None:
     """Compile a model for a target into an artifact directory (library + manifest), atomically."""
-    from compile import compile_model, parse_shape_overrides
+    from compile import Int8Options, compile_model, parse_shape_overrides
 
     check_seed(seed)
     check_tolerances(atol, rtol)
@@ -78,11 +85,24 @@ def compile_cmd(
     if tuning_db is not None and tuning_db.exists() and not tuning_db.is_dir():
         raise UsageError(f"--tuning-db {tuning_db} is a file; give the tuning database directory that "
                          f"`autoglm tune --db DIR` wrote")
+    int8_options = None
+    if int8:
+        int8_options = Int8Options(calibration, calibration_random, calibration_method, validation, labels, min_agreement)
+        int8_options.check()
+    else:
+        given = [flag for flag, v in (("--calibration", calibration), ("--calibration-random", calibration_random),
+                                       ("--validation", validation), ("--labels", labels)) if v is not None]
+        if given:
+            raise UsageError(f"{given[0]} is an --int8 option: add --int8 to quantize the model")
     tgt = targets_mod.load_target(target, targets_dir)
     shapes = parse_shape_overrides(input_shape)
     result = compile_model(model, tgt, output, input_shapes=shapes, verify=verify, seed=seed, atol=atol, rtol=rtol,
-                           tuning_db=tuning_db, progress=_progress_line)
+                           tuning_db=tuning_db, progress=_progress_line, int8=int8_options)
     _print_summary(result.artifact, result.manifest)
+    if result.manifest["precision"]["mode"] == "int8":
+        from toolkit.cli_int8 import print_int8_summary
+
+        print_int8_summary(console, result.manifest["precision"])
     if tuning_db is not None:
         tun = result.manifest["tuning"]
         console.print(f"  tuning:  {tun['records_applied']} tuned kernels from {tun['database']}")
@@ -101,14 +121,17 @@ def _print_explain(m: dict[str, Any]) -> None:
     if f.get("patterns"):
         console.print("  fused patterns: " + ", ".join(f"{p} x{n}" for p, n in f["patterns"].items()))
     table = Table(show_edge=False)
-    for col in ("kernel", "pattern", "MFLOP", "KiB", "launches", "schedule", "time (us)"):
+    for col in ("kernel", "pattern", "dtypes", "MFLOP", "KiB", "launches", "schedule", "time (us)"):
         table.add_column(col, justify="right" if col in ("MFLOP", "KiB", "launches", "time (us)") else "left")
     rows = f.get("kernel_table", [])
     for r in rows:
-        table.add_row(r["name"], r["pattern"], "-" if r["flops"] is None else f"{r['flops'] / 1e6:.2f}",
+        table.add_row(r["name"], r["pattern"], r.get("dtypes") or "-", "-" if r["flops"] is None else f"{r['flops'] / 1e6:.2f}",
                       f"{r['bytes'] / 1024:.1f}", str(r["launches"]), r["schedule"],
                       "-" if r["time_us"] is None else f"{r['time_us']:.1f}")
     console.print(table)
+    float_ops = m["precision"].get("float_ops") or {}
+    if float_ops:
+        console.print(f"  left in float ({len(float_ops)}): " + "; ".join(f"{k}: {v}" for k, v in float_ops.items()))
     timed = [r for r in rows if r["time_us"] is not None]
     if timed:
         console.print(f"  times: measured on this machine, 1 run = {sum(r['time_us'] for r in timed):.1f} us of kernel time (mean of 3 runs, VM instrumentation)")
@@ -326,6 +349,8 @@ def _register_subcommands() -> None:
     register_bench(app)
     from toolkit.cli_tune import register as register_tune
     register_tune(app)
+    from toolkit.cli_int8 import register as register_int8
+    register_int8(app)
 
 
 def _one_line(text: str) -> str:

@@ -1,0 +1,243 @@
+"""INT8: calibration, the integer rewrite, per-ISA integer schedules, accuracy gate, the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import targets
+from compile import Int8Options, compile_model, load_model
+from compile.build import cpu_front_passes
+from compile.schedules import schedule_names, schedule_passes
+from conftest import assert_nothing_written, assert_user_error, have, run_cli
+from toolkit.datasets import load_dataset
+from toolkit.export import export_onnx
+
+
+class DigitsNet(nn.Module):
+    """A small CNN for 8x8 digits: every conv divides by the AVX2 / NEON block (the stem reads 1 channel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU6(),
+            nn.Conv2d(32, 32, 1), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """A DigitsNet trained here on the bundled digits (a few seconds), its ONNX file and data folders."""
+    root = tmp_path_factory.mktemp("digits")
+    ds = load_dataset("digits")
+    torch.manual_seed(0)
+    net = DigitsNet()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y)
+    for _ in range(40):
+        for i in range(0, len(y), 64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64]).backward()
+            opt.step()
+    net.eval()
+    onnx_path = export_onnx(net, torch.from_numpy(ds.test.x[:1]), root / "digits.onnx")
+    calib, test = root / "calib", root / "test"
+    calib.mkdir()
+    test.mkdir()
+    np.save(calib / "train.npy", ds.train.x[:128])                      # a batch in one file
+    for i in range(len(ds.test.y)):
+        np.save(test / f"{i:04d}.npy", ds.test.x[i:i + 1])            # one sample per file
+    np.save(root / "labels.npy", ds.test.y)
+    return {"onnx": onnx_path, "calib": calib, "test": test, "labels": root / "labels.npy", "root": root}
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_int8_digits_keeps_accuracy_and_computes_in_integers(digits, tmp_path):
+    """Through the CLI: calibrated on training data, top-1 on the test split within 1 point of fp32;
+    every conv and the classifier are u8 x i8 -> i32 kernels, the output matches onnxruntime's literal
+    QDQ execution within one quantization step."""
+    out = tmp_path / "int8"
+    proc = run_cli("compile", digits["onnx"], "-o", out, "--int8", "--calibration", digits["calib"],
+                   "--validation", digits["test"], "--labels", digits["labels"], "--explain", check=True)
+    p = _manifest(out)["precision"]
+    assert p["mode"] == "int8" and p["float_ops"] == {}, p["float_ops"]
+    assert p["integer_ops"] == {"conv2d": 4, "matmul": 1}
+    cal = p["calibration"]
+    assert cal["method"] == "minmax" and cal["samples"] == 128 and cal["tensor_ranges"]
+    acc = p["accuracy"]
+    assert acc["samples"] == 360 and acc["data"] == "validation"
+    assert acc["reference_top1"] > 0.9, acc  # the float net learned the task
+    assert acc["top1"] >= acc["reference_top1"] - 0.01, acc
+    assert acc["argmax_agreement"] >= 0.98
+    rows = _manifest(out)["fusion"]["kernel_table"]
+    compute = [r for r in rows if r["pattern"].split("+")[0] in ("conv2d", "depthwise_conv2d", "matmul")]
+    assert len(compute) == 5 and all(r["dtypes"].endswith("→i32") and "f32" not in r["dtypes"] for r in compute), \
+        [(r["name"], r["dtypes"]) for r in compute]
+    assert "u8×i8→i32" in proc.stdout and "accuracy vs fp32" in proc.stdout
+    v = _manifest(out)["verification"]
+    assert v["passed"] and v["atol"] > 1e-4  # one output step, not the fp32 tolerance
+    # real inputs, not only the verification's random ones: within one step of the literal QDQ graph
+    qdq = out / "quantized.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    literal = ort.InferenceSession(str(qdq), so, providers=["CPUExecutionProvider"])
+    from compile.quantize import output_steps
+    from toolkit.runtime import load
+
+    step = max(output_steps(qdq).values())
+    model = load(out)
+    x = np.load(digits["calib"] / "train.npy")[:32]
+    for i in range(len(x)):
+        got = model.run({"x": x[i:i + 1]})["y"]
+        want = literal.run(None, {"x": x[i:i + 1]})[0]
+        assert np.abs(got - want).max() <= 1.001 * step
+
+
+def test_accuracy_command(digits, tmp_path):
+    out = tmp_path / "a"
+    run_cli("compile", digits["onnx"], "-o", out, "--int8", "--calibration-random", "8", check=True)
+    assert "accuracy on real data is unknown" in json.dumps(_manifest(out)["precision"]["accuracy"])
+    proc = run_cli("accuracy", out, "--reference", digits["onnx"], "--data", digits["test"], "--labels",
+                   digits["labels"], "--json", check=True)
+    rep = json.loads(proc.stdout)
+    assert rep["samples"] == 360 and 0 <= rep["argmax_agreement"] <= 1 and rep["top1"] is not None
+    human = run_cli("accuracy", out, "--reference", digits["onnx"], "--data", digits["test"], check=True)
+    assert "argmax agreement" in human.stdout
+
+
+def test_agreement_gate_fails_the_compile_and_writes_nothing(digits, tmp_path):
+    """Calibrated on inputs a thousandth of the real range, the int8 model saturates: below the gate."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    np.save(tiny / "t.npy", np.load(digits["calib"] / "train.npy")[:16] * 1e-3)
+    out = tmp_path / "bad"
+    proc = run_cli("compile", digits["onnx"], "-o", out, "--int8", "--calibration", tiny,
+                   "--validation", digits["test"])
+    assert_user_error(proc, 1, "agrees with the fp32 model", "--min-agreement")
+    assert_nothing_written(out)
+
+
+def test_qdq_model_compiles_as_integer_kernels(digits, tmp_path):
+    """A QDQ model quantized elsewhere (onnxruntime here) compiles without --int8, verified literally."""
+    out = tmp_path / "q"
+    run_cli("compile", digits["onnx"], "-o", tmp_path / "first", "--int8", "--calibration", digits["calib"], check=True)
+    qdq = tmp_path / "model_int8.onnx"
+    qdq.write_bytes((tmp_path / "first" / "quantized.onnx").read_bytes())
+    run_cli("compile", qdq, "-o", out, check=True)
+    p = _manifest(out)["precision"]
+    assert p["mode"] == "int8" and p["calibration"] is None and p["integer_ops"]["conv2d"] == 4
+    assert _manifest(out)["verification"]["passed"]
+    assert_user_error(run_cli("compile", qdq, "-o", tmp_path / "x", "--int8", "--calibration-random", "4"),
+                      2, "already quantized")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--calibration", "{calib}"], "--int8"),                               # an --int8 option without --int8
+    (["--int8"], "calibration data"),
+    (["--int8", "--calibration", "{calib}", "--calibration-random", "4"], "calibration data"),
+    (["--int8", "--calibration", "/nonexistent"], "not a directory"),
+    (["--int8", "--calibration-random", "4", "--calibration-method", "kl"], "minmax"),
+    (["--int8", "--calibration-random", "4", "--min-agreement", "1.5"], "between 0 and 1"),
+    (["--int8", "--calibration", "{bad}"], "shape"),
+])
+def test_int8_bad_options(digits, tmp_path, args, fragment):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.save(bad / "wrong.npy", np.zeros((1, 3, 8, 8), np.float32))
+    args = [a.format(calib=digits["calib"], bad=bad) for a in args]
+    out = tmp_path / "o"
+    assert_user_error(run_cli("compile", digits["onnx"], "-o", out, *args), 2, fragment)
+    assert_nothing_written(out)
+
+
+# ---- per-target integer schedules: built and inspected for every ISA on any host -------------------
+
+_DOT = {
+    "x86-64-avx2": (r"vpmaddubsw", "avx2"),
+    "x86-64-avx512": (r"vpdpbusd", "vnni"),
+    "rpi5": (r"sdot\s+v\d+\.4s", "sdot"),
+}
+
+
+@pytest.fixture(scope="module")
+def qdq_for(digits, tmp_path_factory):
+    """The digits net quantized for a target (activation type and reduce_range follow the target)."""
+    from compile.quantize import load_samples, quantize_model
+    from compile.frontend import fix_shapes, onnx_input_specs, _read_onnx
+
+    cache: dict[str, Path] = {}
+
+    def make(target_name: str) -> Path:
+        if target_name not in cache:
+            target = targets.load_target(target_name)
+            specs = fix_shapes(onnx_input_specs(_read_onnx(digits["onnx"])), {})
+            path = tmp_path_factory.mktemp("qdq") / f"{target_name}.onnx"
+            quantize_model(digits["onnx"], path, target, load_samples(digits["calib"], specs), "minmax")
+            cache[target_name] = path
+        return cache[target_name]
+
+    return make
+
+
+def _integer_kernels(qdq: Path, target):
+    import tvm
+
+    tt = tvm.target.Target(target.tvm)
+    mod = load_model(qdq).mod
+    with tt:
+        from tvm import relax
+
+        mod = tvm.transform.Sequential(cpu_front_passes(tt, target) + [
+            relax.transform.FoldConstant(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
+            relax.transform.FuseTIR()] + schedule_passes(target))(mod)
+    return mod, schedule_names(mod)
+
+
+@pytest.mark.parametrize("target_name", list(_DOT))
+def test_integer_conv_uses_the_targets_dot_product(qdq_for, target_name):
+    import tvm
+
+    target = targets.load_target(target_name)
+    mod, sched = _integer_kernels(qdq_for(target_name), target)
+    instr, dot = _DOT[target_name]
+    tensorized = [n for n, s in sched.items() if s and s.startswith(f"conv2d-nchwc-int8-{dot}")]
+    assert tensorized, sched
+    func = mod[tensorized[0]]
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=tvm.target.Target(target.tvm))
+    assert re.search(instr, lib.inspect_source("asm")), f"no {instr} in {tensorized[0]} for {target_name}"
+
+
+def test_rpi4_integer_convs_without_dotprod(qdq_for):
+    """Cortex-A72 has no sdot: the integer convs are widening multiplies, still integer."""
+    target = targets.load_target("rpi4")
+    _, sched = _integer_kernels(qdq_for("rpi4"), target)
+    assert any(s and s.startswith("conv2d-nchwc-int8-aarch64") for s in sched.values()), sched
+    assert not any(s and "-sdot" in s for s in sched.values())
+
+
+@pytest.mark.skipif(not have("qemu-aarch64-static") and not have("qemu-aarch64"), reason="qemu-user-static not installed")
+@pytest.mark.parametrize("target_name", ["rpi5", "rpi4"])
+def test_int8_cross_compiles_and_matches_under_qemu(digits, tmp_path, target_name):
+    out = tmp_path / target_name
+    run_cli("compile", digits["onnx"], "-o", out, "--target", target_name, "--int8", "--calibration", digits["calib"],
+            check=True)
+    m = _manifest(out)
+    assert m["verification"]["passed"] and "qemu" in m["verification"]["how"]
+    assert m["precision"]["calibration"]["activation_dtype"] == "int8"
+    assert m["precision"]["float_ops"] == {}
