@@ -65,10 +65,12 @@ def _register(dot: str, lanes: int, a_dtype: str) -> str | None:
             with T.sblock("root"):
                 T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
                 T.writes(C[0:lanes])
+                # LLVM 20 declares vpdpbusd on byte vectors (<64 x i8>), not on the i32 words TVM's own
+                # VNNI intrinsic passes (which no longer type-checks)
                 a_word = T.reinterpret(A.vload([0], a_x4), dtype="int32")
-                b_words = T.reinterpret(B.vload([0, 0], dtype=b_xn), dtype=c_xl)
+                a_bytes = T.reinterpret(T.broadcast(a_word, lanes), dtype=f"int8x{nbytes}")
                 C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(name), C.vload([0], dtype=c_xl), T.broadcast(a_word, lanes), b_words,
+                    T.llvm_lookup_intrinsic_id(name), C.vload([0], dtype=c_xl), a_bytes, B.vload([0, 0], dtype=b_xn),
                     dtype=c_xl)
     elif dot in ("avx2", "avx512bw"):
         suffix = "avx2" if lanes == 8 else "avx512"
@@ -176,7 +178,9 @@ def conv2d_nchwc_int8(func, cfg: CpuConfig):
     po, pi = sch.split(x_l, factors=[None, nx])
     w_bytes = F * lanes * ext[5] * ext[6] * ext[7] * ext[8] * ext[9]
     outer = [n_l, y_l, po, fo] if w_bytes <= cfg.l2_bytes // 2 else [n_l, fo, y_l, po]
-    sch.reorder(*outer, icb, ry, rx, ic4, fi, pi, v_l, k_l)
+    # tensorized: the [lanes] x [4] step is the intrinsic; else the 4 products unrolled over lane vectors
+    inner = [v_l, k_l] if intrin is not None else [k_l, v_l]
+    sch.reorder(*outer, icb, ry, rx, ic4, fi, pi, *inner)
     fused = sch.fuse(*outer)
     if cfg.threads > 1 and (_int(sch.get(fused).extent) or 1) > 1:
         sch.parallel(fused)
@@ -192,6 +196,9 @@ def conv2d_nchwc_int8(func, cfg: CpuConfig):
             sch.unroll(lp)
         if eloops:
             sch.vectorize(eloops[-1])
+    if intrin is None:  # vectorized before the init is split off (a reduction block without init cannot be)
+        sch.unroll(k_l)
+        sch.vectorize(v_l)
     init = sch.decompose_reduction(main, icb)
     iloops = sch.get_loops(init)[1:]
     for lp in iloops[:-1]:
@@ -202,10 +209,6 @@ def conv2d_nchwc_int8(func, cfg: CpuConfig):
     if intrin is not None:
         sch.tensorize(v_l, intrin)
         kind += f"-{cfg.int8_dot}"
-    else:
-        sch.reorder(k_l, v_l)
-        sch.unroll(k_l)
-        sch.vectorize(v_l)
     for blk in prep.prologue:
         if intrin is None:
             try:
