@@ -113,17 +113,43 @@ def pointwise_onnx(tmp_path_factory) -> Path:
     return export_onnx(_Pointwise().eval(), torch.randn(1, 32, 14, 14), tmp_path_factory.mktemp("pw") / "pw.onnx")
 
 
-# target -> (FMA with a broadcast operand in the tile, a vector register spilled to the stack)
+# target -> (FMA with a broadcast operand in the tile, a vector register stored to the stack (group 1: the
+# register), the destination register of an FMA (group 1))
 _ASM = {
-    "x86-64-avx2": (r"vfmadd\d+ps\s+%ymm", r"vmov[au]ps\s+%ymm\d+, -?\d*\(%rsp\)"),
-    "x86-64-avx512": (r"vfmadd\d+ps\s+.*%[yz]mm", r"vmov[au]ps\s+%[yz]mm\d+, -?\d*\(%rsp\)"),
-    "rpi4": (r"fmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[\d\]", r"str\s+q\d+, \[sp"),
+    "x86-64-avx2": (r"vfmadd\d+ps\s+%ymm", r"vmov[au]ps\s+%(ymm\d+), -?\d*\(%rsp\)", r"vfmadd\d+ps\s+.*%(ymm\d+)$"),
+    "x86-64-avx512": (r"vfmadd\d+ps\s+.*%[yz]mm", r"vmov[au]ps\s+%([yz]mm\d+), -?\d*\(%rsp\)",
+                      r"vfmadd\d+ps\s+.*%([yz]mm\d+)$"),
+    "rpi4": (r"fmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[\d\]", r"str\s+q(\d+), \[sp", r"fmla\s+v(\d+)\.4s"),
 }
+
+
+def _accumulator_spills(asm: str, store: str, fma_dest: str) -> list[str]:
+    """Stack stores of a register whose last write was an FMA: an accumulator of the tile leaving the
+    register file. (LLVM may park a weight vector it loaded early on the stack: that is a reload from
+    L1 like the weight load itself, not a spill of the tile.)"""
+    last_write: dict[str, str] = {}
+    spills = []
+    for line in asm.splitlines():
+        line = line.strip()
+        st = re.search(store, line)
+        if st:
+            if last_write.get(st.group(1)) == "fma":
+                spills.append(line)
+            continue
+        dest = re.search(fma_dest, line)
+        if dest:
+            last_write[dest.group(1)] = "fma"
+            continue
+        # any other instruction writing a register: AT&T puts the destination last, AArch64 first
+        m = re.search(r"%([xyz]mm\d+)$", line) or re.match(r"\w+\s+[vq](\d+)[.,\s]", line)
+        if m:
+            last_write[m.group(1)] = "other"
+    return spills
 
 
 @pytest.mark.parametrize("target_name", list(_ASM))
 def test_pointwise_kernel_keeps_its_tile_in_registers(pointwise_onnx, target_name):
-    """Built for each ISA (no CPU needed: LLVM emits the assembly): FMAs on the tile, nothing spilled."""
+    """Built for each ISA (no CPU needed: LLVM emits the assembly): FMAs on the tile, no accumulator spilled."""
     import tvm
 
     target = targets.load_target(target_name)
@@ -134,15 +160,15 @@ def test_pointwise_kernel_keeps_its_tile_in_registers(pointwise_onnx, target_nam
     assert len(kernels) == 1, sched
     gv, func = kernels[0]
     lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tvm.target.Target(target.tvm))
-    fma, spill = _ASM[target_name]
+    fma, store, fma_dest = _ASM[target_name]
     # the functions holding the FMAs (the parallel loop body); the launch wrappers around them copy
     # their closure through the stack, which is not a spill of the tile
     functions = re.split(r"\n(?=[A-Za-z_.$][\w.$]*:\n)", lib.inspect_source("asm"))
     compute = [f for f in functions if re.search(fma, f)]
     assert compute and sum(len(re.findall(fma, f)) for f in compute) >= 8, \
         f"no register tile of FMAs in {gv.name_hint} for {target_name}"
-    spilled = [ln for f in compute for ln in re.findall(spill, f)]
-    assert not spilled, f"{gv.name_hint} spills vector registers on {target_name}: {spilled[:3]}"
+    spilled = [ln for f in compute for ln in _accumulator_spills(f, store, fma_dest)]
+    assert not spilled, f"{gv.name_hint} spills its accumulators on {target_name}: {spilled[:3]}"
 
 
 def test_blocked_and_nchw_builds_agree(pointwise_onnx, tmp_path, monkeypatch):

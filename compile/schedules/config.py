@@ -9,6 +9,12 @@ from dataclasses import dataclass
 
 from targets import Target
 
+# The storage scope of a kernel's register tile (its accumulators, compacted to the tile by TVM's
+# CompactBufferAllocation). "global", not "local": TVM's LowerTVMBuiltin puts small constant-size CPU
+# allocations on the stack only in global scope and sends every "local" one to TVMBackendAllocWorkspace,
+# a call per tile (measured: an 8x8 int32 tile so allocated made a 16->96 1x1 conv 3x slower).
+TILE_SCOPE = "global"
+
 # Per-core data cache sizes (bytes) of the CPUs the built-in targets name; used only for loop-order
 # heuristics, so an unknown CPU falls back to a typical value for its architecture.
 _CACHES = {

@@ -20,7 +20,7 @@ correction, requantization, clamps, the next layer's quantize) fused per tile be
 
 from __future__ import annotations
 
-from .config import CpuConfig
+from .config import TILE_SCOPE, CpuConfig
 
 MAIN_BLOCK = "conv2d_nchwc_int8"
 WIDE_BLOCK = "conv2d_nchwc_int8_wide"
@@ -42,7 +42,7 @@ def _register(dot: str, lanes: int, a_dtype: str) -> str | None:
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (lanes, 4), b_dtype, offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
@@ -61,17 +61,17 @@ def _register(dot: str, lanes: int, a_dtype: str) -> str | None:
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
             A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
             B = T.match_buffer(b, (lanes, 4), b_dtype, offset_factor=1)
-            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
             with T.sblock("root"):
                 T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
                 T.writes(C[0:lanes])
                 # LLVM 20 declares vpdpbusd on byte vectors (<64 x i8>), not on the i32 words TVM's own
-                # VNNI intrinsic passes (which no longer type-checks)
-                a_word = T.reinterpret(A.vload([0], a_x4), dtype="int32")
-                a_bytes = T.reinterpret(T.broadcast(a_word, lanes), dtype=f"int8x{nbytes}")
+                # VNNI intrinsic passes (which no longer type-checks). One expression: a name assigned in
+                # TVMScript becomes a local buffer, i.e. a workspace allocation per call.
                 C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(name), C.vload([0], dtype=c_xl), a_bytes, B.vload([0, 0], dtype=b_xn),
-                    dtype=c_xl)
+                    T.llvm_lookup_intrinsic_id(name), C.vload([0], dtype=c_xl),
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], a_x4), dtype="int32"), lanes), dtype=f"int8x{nbytes}"),
+                    B.vload([0, 0], dtype=b_xn), dtype=c_xl)
     elif dot in ("avx2", "avx512bw"):
         suffix = "avx2" if lanes == 8 else "avx512"
         pairs, i16 = (f"llvm.x86.{suffix}.pmadd.ub.sw" if lanes == 8 else "llvm.x86.avx512.pmaddubs.w.512",
@@ -82,31 +82,32 @@ def _register(dot: str, lanes: int, a_dtype: str) -> str | None:
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
             A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
             B = T.match_buffer(b, (lanes, 4), b_dtype, offset_factor=1)
-            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
             with T.sblock("root"):
                 T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
                 T.writes(C[0:lanes])
-                a_word = T.reinterpret(A.vload([0], a_x4), dtype="int32")
-                a_bytes = T.reinterpret(T.broadcast(a_word, lanes), dtype=a_xn)
-                pair = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(pairs), a_bytes, B.vload([0, 0], dtype=b_xn),
-                                               dtype=i16)
                 C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=c_xl) + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(widen), pair, T.broadcast(T.int16(1), lanes * 2), dtype=c_xl)
+                    T.llvm_lookup_intrinsic_id(widen),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(pairs),
+                        T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], a_x4), dtype="int32"), lanes), dtype=a_xn),
+                        B.vload([0, 0], dtype=b_xn), dtype=i16),
+                    T.broadcast(T.int16(1), lanes * 2), dtype=c_xl)
     elif dot == "sdot":
 
         @T.prim_func(s_tir=True)
         def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
             A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
             B = T.match_buffer(b, (lanes, 4), b_dtype, offset_factor=1)
-            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
             with T.sblock("root"):
                 T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
                 T.writes(C[0:lanes])
-                a_word = T.reinterpret(A.vload([0], a_x4), dtype="int32")
-                a_bytes = T.reinterpret(T.broadcast(a_word, lanes), dtype=a_xn)
                 C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), C.vload([0], dtype=c_xl),
-                    B.vload([0, 0], dtype=b_xn), a_bytes, dtype=c_xl)
+                    B.vload([0, 0], dtype=b_xn),
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], a_x4), dtype="int32"), lanes), dtype=a_xn),
+                    dtype=c_xl)
     else:
         return None
     intrin = f"autoglm_dot_{lanes}x4_{a_dtype}_{dot}"
@@ -158,9 +159,9 @@ def conv2d_nchwc_int8(func, cfg: CpuConfig):
 
     epilogue = list(prep.epilogue)
     if prep.is_output:
-        epilogue = [sch.cache_write(main, 0, "local")]
+        epilogue = [sch.cache_write(main, 0, TILE_SCOPE)]
     else:
-        sch.set_scope(main, 0, "local")
+        sch.set_scope(main, 0, TILE_SCOPE)
 
     n_l, f_l, y_l, x_l, v_l, icb, ry, rx, ic4, k_l = sch.get_loops(main)
     F, X = ext[1], ext[3]

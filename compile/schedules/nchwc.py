@@ -18,7 +18,7 @@ separate stage (TODO: split borders with loop_partition).
 
 from __future__ import annotations
 
-from .config import CpuConfig
+from .config import TILE_SCOPE, CpuConfig
 
 from .rules import _divisors_le, _int
 
@@ -59,9 +59,9 @@ def conv2d_nchwc(func, cfg: CpuConfig):
 
     epilogue = list(prep.epilogue)
     if prep.is_output:
-        epilogue = [sch.cache_write(main, 0, "local")]
+        epilogue = [sch.cache_write(main, 0, TILE_SCOPE)]
     else:
-        sch.set_scope(main, 0, "local")
+        sch.set_scope(main, 0, TILE_SCOPE)
 
     loops = sch.get_loops(main)
     if depthwise:

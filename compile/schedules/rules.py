@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import CpuConfig
+from .config import TILE_SCOPE, CpuConfig
 
 
 def _ir():
@@ -448,9 +448,9 @@ def conv2d_packed(func, cfg: CpuConfig):
 
     epilogue = list(prep.epilogue)
     if prep.is_output:
-        epilogue = [sch.cache_write(main, 0, "local")]
+        epilogue = [sch.cache_write(main, 0, TILE_SCOPE)]
     else:
-        sch.set_scope(main, 0, "local")
+        sch.set_scope(main, 0, TILE_SCOPE)
     # Accumulator tile with the channel innermost, so the vector accesses are contiguous.
     sch.transform_layout(main, ("write", 0), lambda n, f, y, x: (n, y, x, f))
 
@@ -536,9 +536,9 @@ def matmul_packed(func, cfg: CpuConfig):
 
     epilogue = list(prep.epilogue)
     if prep.is_output:
-        epilogue = [sch.cache_write(main, 0, "local")]
+        epilogue = [sch.cache_write(main, 0, TILE_SCOPE)]
     else:
-        sch.set_scope(main, 0, "local")
+        sch.set_scope(main, 0, TILE_SCOPE)
     i_l, j_l, k_l = sch.get_loops(main)
     jo, jv, jl = sch.split(j_l, factors=[None, nv, lanes])
     io, ii = sch.split(i_l, factors=[None, mr])
@@ -588,7 +588,7 @@ def tiled_reduction(func, cfg: CpuConfig):
     sch, main, info, iters = prep.sch, prep.main, prep.info, prep.iters
     prologue_left, epilogue, out_buf, is_output = prep.prologue, list(prep.epilogue), prep.out_buf, prep.is_output
     if is_output:
-        epilogue = [sch.cache_write(main, 0, "local")]
+        epilogue = [sch.cache_write(main, 0, TILE_SCOPE)]
     _deinterleave_stride2(sch, prep)
 
     bits = out_buf.dtype.bits
@@ -654,7 +654,7 @@ def tiled_reduction(func, cfg: CpuConfig):
                 e_ext = _int(sch.get(elp[-1]).extent) or 1
                 vectorize_inner(sch, elp[-1], e_ext, lanes)
         if not is_output:
-            sch.set_scope(main, 0, "local")
+            sch.set_scope(main, 0, TILE_SCOPE)
     else:
         # The epilogue reshapes the result (channel padding, transposes): it runs after the whole
         # main block, over its own domain, from the main block's output in global memory.
