@@ -86,14 +86,21 @@ def _reference_run(model: ImportedModel, seed: int) -> tuple[ReferenceRuntime, d
     return ref, inputs, expected
 
 
+# A QDQ graph's float ops (softmax, GELU, the requantization multiply) round slightly differently here
+# and in onnxruntime; where such a difference crosses a rounding tie of an intermediate quantize, the
+# tensor moves by one step and the output by a step or two (BERT-mini: 2 output steps; the CNNs: 0-1).
+# A miscompile is off by many steps.
+INT8_VERIFY_STEPS = 2
+
+
 def _quantized_atol(model: ImportedModel, atol: float) -> float:
-    """A QDQ model's outputs may be one quantization step apart (rounding ties in float arithmetic)."""
+    """A QDQ model's outputs may be a step or two apart (see INT8_VERIFY_STEPS)."""
     if not model.quantized:
         return atol
     from .quantize import output_steps
 
     steps = output_steps(model.path)
-    return max([atol] + [1.001 * s for s in steps.values()])
+    return max([atol] + [INT8_VERIFY_STEPS * 1.001 * s for s in steps.values()])
 
 
 def verify_library(lib_path: Path, model: ImportedModel, device: str, *, seed: int, atol: float, rtol: float) -> dict[str, Any]:

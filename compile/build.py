@@ -157,6 +157,7 @@ def cpu_front_passes(tt, target: Target | None = None, int8_report=None) -> list
     from .index_bounds import ClampIndices
     from .int8 import IntegerOps, QdqElementwise
     from .layout import blocked_layout_passes, legalize_map
+    from .relax_passes import FoldConstantTransforms
 
     layout = blocked_layout_passes(target) if target is not None else []
     legalize = cpu_generic.legalize_passes(tt)
@@ -164,7 +165,17 @@ def cpu_front_passes(tt, target: Target | None = None, int8_report=None) -> list
         # TVM's conv2d legalization refuses 5-D layouts: the blocked convs get the toolkit's computes
         legalize = [tvm.relax.transform.LegalizeOps(legalize_map())] + legalize[1:]
     return ([ClampIndices()] + cpu_generic.library_dispatch_passes(tt) + [fast_math_pass(), QdqElementwise()] + layout
-            + [IntegerOps(int8_report)] + legalize)
+            + [IntegerOps(int8_report, _int32_lanes(target)), FoldConstantTransforms(dequantize=True)] + legalize)
+
+
+def _int32_lanes(target: Target | None) -> int | None:
+    """The int32 vector width the integer kernels are packed for (None: no target, or no vectors)."""
+    if target is None or target.device != "cpu":
+        return None
+    from .schedules import cpu_config
+
+    lanes = cpu_config(target).lanes(32)
+    return lanes if lanes >= 4 else None
 
 
 def relax_pipeline(target: Target, tuning_passes: list | None = None, int8_report=None):

@@ -150,8 +150,29 @@ def _pairs_overflow_int16(dot4: np.ndarray) -> bool:
     return bool((255 * (w[..., 0::2] + w[..., 1::2])).max(initial=0) > 32767)
 
 
-def IntegerOps(report: Int8Report | None = None):  # noqa: N802 - a pass constructor
-    """Dequantize -> conv2d / matmul chains to integer operators (see the module doc, 2)."""
+def dense_int8(data, packed, wide: bool = False):
+    """out[..., m, n] = sum_k data[..., m, k] * W[k, n], W read as `packed` [N/L, K/4, L, 4] (see IntegerOps):
+    per output lane 4 adjacent products, the operand of the 4-way integer dot products."""
+    from tvm import te
+
+    from .layout import DOT, _product
+
+    nb, k4_n, lanes, _ = (int(d) for d in packed.shape)
+    *lead, m = (d for d in data.shape[:-1])
+    k4 = te.reduce_axis((0, k4_n), "k4")
+    k = te.reduce_axis((0, DOT), "k")
+    return te.compute(
+        (*lead, m, nb * lanes),
+        lambda *i: te.sum(_product(data[(*i[:-1], k4 * DOT + k)], packed[i[-1] // lanes, k4, i[-1] % lanes, k], "int32"),
+                          axis=[k4, k]),
+        name="dense_int8_wide" if wide else "dense_int8")
+
+
+def IntegerOps(report: Int8Report | None = None, lanes: int | None = None):  # noqa: N802 - a pass constructor
+    """Dequantize -> conv2d / matmul chains to integer operators (see the module doc, 2).
+
+    `lanes`: the target's int32 vector width; dense layers then get the packed `dense_int8` compute
+    (without: Relax's integer matmul)."""
     import tvm
     from tvm import relax
 
@@ -315,7 +336,14 @@ def IntegerOps(report: Int8Report | None = None):  # noqa: N802 - a pass constru
             if sw.size not in (1, n) or (sw.size > 1 and axis != out_axis):
                 rep.float("matmul", "its weight scale is not per output feature")
                 return call
-            acc = relax.op.matmul(xq, relax.const(w_kn, "int8"), out_dtype="int32")
+            k_dim = w_kn.shape[0]
+            if lanes and n % lanes == 0 and k_dim % DOT == 0 and xq.ty.ndim >= 2:
+                # [K, N] -> [N/L, K/4, L, 4]: the dot-product operand of compile/schedules/int8.py
+                packed = np.ascontiguousarray(w_kn.reshape(k_dim // DOT, DOT, n // lanes, lanes).transpose(2, 0, 3, 1))
+                acc = self.builder_.call_te(dense_int8, xq, relax.const(packed, "int8"), _pairs_overflow_int16(packed),
+                                            primfunc_name_hint="dense_int8")
+            else:
+                acc = relax.op.matmul(xq, relax.const(w_kn, "int8"), out_dtype="int32")
             corr = (zx * w_kn.astype(np.int64).sum(axis=0)).astype(np.int32)
             scale = (sx * np.broadcast_to(sw, (n,))).astype(np.float32)
             rep.integer("matmul")

@@ -32,6 +32,8 @@ from typing import Any
 
 from targets import Target
 
+from .relax_passes import FoldConstantTransforms
+
 CONV = "relax.nn.conv2d"
 NO_BLOCKED_LAYOUT_ENV = "AUTOGLM_NO_BLOCKED_LAYOUT"  # "1": every conv stays in the model's own layout
 
@@ -162,7 +164,7 @@ def convert_layout_pass(candidates: list[int]):
             # ops between the convs that do not take the blocked layout (channel padding, PReLU, ... in
             # TFLite graphs) would each sit between two transforms: slower than no blocking at all
             return mod
-        return new
+        return FoldConstantTransforms()(new)  # the weights' and biases' repacks, without a kernel each
 
     return _pass
 

@@ -67,13 +67,20 @@ def _manifest(path: Path) -> dict:
     return json.loads((path / "manifest.json").read_text())
 
 
-def test_int8_digits_keeps_accuracy_and_computes_in_integers(digits, tmp_path):
+@pytest.fixture(scope="module")
+def digits_int8(digits):
+    """The digits net compiled with --int8 through the CLI: (artifact, the compile's process)."""
+    out = digits["root"] / "int8"
+    proc = run_cli("compile", digits["onnx"], "-o", out, "--int8", "--calibration", digits["calib"],
+                   "--validation", digits["test"], "--labels", digits["labels"], "--explain", check=True)
+    return out, proc
+
+
+def test_int8_digits_keeps_accuracy_and_computes_in_integers(digits, digits_int8):
     """Through the CLI: calibrated on training data, top-1 on the test split within 1 point of fp32;
     every conv and the classifier are u8 x i8 -> i32 kernels, the output matches onnxruntime's literal
     QDQ execution within one quantization step."""
-    out = tmp_path / "int8"
-    proc = run_cli("compile", digits["onnx"], "-o", out, "--int8", "--calibration", digits["calib"],
-                   "--validation", digits["test"], "--labels", digits["labels"], "--explain", check=True)
+    out, proc = digits_int8
     p = _manifest(out)["precision"]
     assert p["mode"] == "int8" and p["float_ops"] == {}, p["float_ops"]
     assert p["integer_ops"] == {"conv2d": 4, "matmul": 1}
@@ -85,7 +92,7 @@ def test_int8_digits_keeps_accuracy_and_computes_in_integers(digits, tmp_path):
     assert acc["top1"] >= acc["reference_top1"] - 0.01, acc
     assert acc["argmax_agreement"] >= 0.98
     rows = _manifest(out)["fusion"]["kernel_table"]
-    compute = [r for r in rows if r["pattern"].split("+")[0] in ("conv2d", "depthwise_conv2d", "matmul")]
+    compute = [r for r in rows if r["pattern"].split("+")[0] in ("conv2d", "depthwise_conv2d", "matmul", "dense")]
     assert len(compute) == 5 and all(r["dtypes"].endswith("→i32") and "f32" not in r["dtypes"] for r in compute), \
         [(r["name"], r["dtypes"]) for r in compute]
     assert "u8×i8→i32" in proc.stdout and "accuracy vs fp32" in proc.stdout
@@ -132,12 +139,11 @@ def test_agreement_gate_fails_the_compile_and_writes_nothing(digits, tmp_path):
     assert_nothing_written(out)
 
 
-def test_qdq_model_compiles_as_integer_kernels(digits, tmp_path):
+def test_qdq_model_compiles_as_integer_kernels(digits_int8, tmp_path):
     """A QDQ model quantized elsewhere (onnxruntime here) compiles without --int8, verified literally."""
     out = tmp_path / "q"
-    run_cli("compile", digits["onnx"], "-o", tmp_path / "first", "--int8", "--calibration", digits["calib"], check=True)
     qdq = tmp_path / "model_int8.onnx"
-    qdq.write_bytes((tmp_path / "first" / "quantized.onnx").read_bytes())
+    qdq.write_bytes((digits_int8[0] / "quantized.onnx").read_bytes())
     run_cli("compile", qdq, "-o", out, check=True)
     p = _manifest(out)["precision"]
     assert p["mode"] == "int8" and p["calibration"] is None and p["integer_ops"]["conv2d"] == 4
@@ -241,3 +247,46 @@ def test_int8_cross_compiles_and_matches_under_qemu(digits, tmp_path, target_nam
     assert m["verification"]["passed"] and "qemu" in m["verification"]["how"]
     assert m["precision"]["calibration"]["activation_dtype"] == "int8"
     assert m["precision"]["float_ops"] == {}
+
+
+class _Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def mlp_onnx(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return export_onnx(_Mlp().eval(), torch.randn(16, 64), tmp_path_factory.mktemp("mlp") / "mlp.onnx")
+
+
+@pytest.mark.parametrize("target_name", list(_DOT))
+def test_dense_layers_use_the_targets_dot_product(mlp_onnx, tmp_path, target_name):
+    """Dense layers by a constant weight: the packed dense_int8 kernel, tensorized like the convs."""
+    import tvm
+    from compile.frontend import _read_onnx, fix_shapes, onnx_input_specs
+    from compile.quantize import quantize_model, random_samples
+
+    target = targets.load_target(target_name)
+    qdq = tmp_path / "mlp_int8.onnx"
+    quantize_model(mlp_onnx, qdq, target, random_samples(fix_shapes(onnx_input_specs(_read_onnx(mlp_onnx)), {}), 8),
+                   "minmax")
+    mod, sched = _integer_kernels(qdq, target)
+    instr, dot = _DOT[target_name]
+    dense = [n for n, s in sched.items() if s and s.startswith(f"dense-int8-{dot}")]
+    assert len(dense) == 2, sched
+    lib = tvm.tirx.build(tvm.IRModule({"main": mod[dense[0]].with_attr("global_symbol", "main")}),
+                         target=tvm.target.Target(target.tvm))
+    assert re.search(instr, lib.inspect_source("asm"))
+
+
+def test_int8_mlp_matches_the_literal_qdq_graph(mlp_onnx, tmp_path):
+    out = tmp_path / "mlp"
+    run_cli("compile", mlp_onnx, "-o", out, "--int8", "--calibration-random", "16", check=True)
+    m = _manifest(out)
+    assert m["verification"]["passed"] and m["precision"]["integer_ops"] == {"matmul": 2}
+    assert any(r["schedule"].startswith("dense-int8") for r in m["fusion"]["kernel_table"])

@@ -220,3 +220,83 @@ def conv2d_nchwc_int8(func, cfg: CpuConfig):
         # the dot product loads 4 input bytes as one word: the padded input is a buffer, not a predicate
         schedule_spatial_block(sch, blk, cfg)
     return sch, kind
+
+
+DENSE_BLOCKS = ("dense_int8", "dense_int8_wide")
+
+
+def dense_int8(func, cfg: CpuConfig):
+    """Schedule a fused 8-bit dense kernel (`compile/int8.py`'s `dense_int8`: [.., M, K] x packed
+    [N/L, K/4, L, 4] -> int32): mr rows x nf panels of L-lane accumulators, the [L] x [4] step
+    tensorized with the target's dot product. (schedule, "dense-int8[-dot]") or None."""
+    from .nchwc import _block_names
+    from .rules import _divisors_le, _int, _prepare
+
+    if not any(n in DENSE_BLOCKS for n in _block_names(func)):
+        return None
+    prep = _prepare(func, analyse=False)
+    if prep is None or not prep.fusable:
+        return None
+    sch, main = prep.sch, prep.main
+    stmt = sch.get(main)
+    if stmt.name_hint not in DENSE_BLOCKS:
+        return None
+    ext = [_int(iv.dom.extent) for iv in prep.iters]
+    if any(e is None for e in ext) or len(ext) < 4:
+        return None
+    packed = next((r.source for r in stmt.reads if len(r.source.shape) == 4 and str(r.source.dtype) == "int8"), None)
+    data = next((r.source for r in stmt.reads if r.source is not packed and str(r.source.dtype) in ("uint8", "int8")), None)
+    if packed is None or data is None:
+        return None
+    lanes = _int(packed.shape[2])
+    intrin = dot_intrinsic(cfg, lanes, str(data.dtype), stmt.name_hint == "dense_int8_wide")
+    budget = min(cfg.accumulators, 16 if cfg.arch != "x86_64" else cfg.accumulators)
+
+    epilogue = list(prep.epilogue)
+    if prep.is_output:
+        epilogue = [sch.cache_write(main, 0, TILE_SCOPE)]
+    else:
+        sch.set_scope(main, 0, TILE_SCOPE)
+    loops = sch.get_loops(main)
+    *lead, m_l, n_l, k4_l, k_l = loops
+    M, N = ext[-4], ext[-3]
+    nb, l_l = sch.split(n_l, factors=[None, lanes])
+    NB = N // lanes
+    best = None
+    for nf in _divisors_le(NB, 4):
+        for mr in _divisors_le(M, max(1, min(8, (budget - 2) // nf))):
+            acc = nf * mr
+            score = acc / (nf + mr) + 0.001 * acc
+            if best is None or score > best[0]:
+                best = (score, nf, mr)
+    _, nf, mr = best
+    fo, fi = sch.split(nb, factors=[None, nf])
+    mo, mi = sch.split(m_l, factors=[None, mr])
+    inner = [l_l, k_l] if intrin is not None else [k_l, l_l]
+    sch.reorder(*lead, fo, mo, k4_l, mi, fi, *inner)
+    fused = sch.fuse(*lead, fo, mo)
+    if cfg.threads > 1 and (_int(sch.get(fused).extent) or 1) > 1:
+        sch.parallel(fused)
+    sch.unroll(mi)
+    sch.unroll(fi)
+    for blk in epilogue:
+        sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
+        eloops = sch.get_loops(blk)[1:]
+        for lp in eloops[:-1]:
+            sch.unroll(lp)
+        if eloops:
+            sch.vectorize(eloops[-1])
+    if intrin is None:
+        sch.unroll(k_l)
+        sch.vectorize(l_l)
+    init = sch.decompose_reduction(main, k4_l)
+    iloops = sch.get_loops(init)[1:]
+    for lp in iloops[:-1]:
+        sch.unroll(lp)
+    if iloops:
+        sch.vectorize(iloops[-1])
+    kind = "dense-int8"
+    if intrin is not None:
+        sch.tensorize(l_l, intrin)
+        kind += f"-{cfg.int8_dot}"
+    return sch, kind
