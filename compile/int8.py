@@ -257,17 +257,24 @@ def IntegerOps(report: Int8Report | None = None, lanes: int | None = None):  # n
                 return self._matmul(call)
             return call
 
-        def _conv(self, call):
-            a = call.attrs
+        def _operands(self, call, kind: str, weight_wrapper: str):
+            """(activation, weight) of a conv / matmul whose operands are both quantized, else None
+            (and the reason recorded)."""
             act, why = self._activation(call.args[0])
             wt = None
             if act is not None:
-                wt, why = self._weight(call.args[1], LAYOUT_TRANSFORM)
+                wt, why = self._weight(call.args[1], weight_wrapper)
             if wt is None:
-                rep.float("conv2d", why)
+                rep.float(kind, why)
+                return None
+            return act, wt
+
+        def _conv(self, call):
+            a = call.attrs
+            ops = self._operands(call, "conv2d", LAYOUT_TRANSFORM)
+            if ops is None:
                 return call
-            xq, sx, zx = act
-            w, sw, axis, _ = wt
+            (xq, sx, zx), (w, sw, axis, _) = ops
             out_ch, groups = w.shape[0], int(a.groups)
             if sw.size not in (1, out_ch) or (sw.size > 1 and axis != 0):
                 rep.float("conv2d", "its weight scale is not per output channel")
@@ -317,15 +324,10 @@ def IntegerOps(report: Int8Report | None = None, lanes: int | None = None):  # n
             return self._rescale(acc, corr.reshape(shape), scale.reshape(shape), call)
 
         def _matmul(self, call):
-            act, why = self._activation(call.args[0])
-            wt = None
-            if act is not None:
-                wt, why = self._weight(call.args[1], PERMUTE)
-            if wt is None:
-                rep.float("matmul", why)
+            ops = self._operands(call, "matmul", PERMUTE)
+            if ops is None:
                 return call
-            xq, sx, zx = act
-            w, sw, axis, permute = wt
+            (xq, sx, zx), (w, sw, axis, permute) = ops
             if w.ndim != 2 or (permute is not None and permute.attrs.axes is not None
                                and [int(x) for x in permute.attrs.axes] != [1, 0]):
                 rep.float("matmul", "its weight is not a 2-D matrix (or is permuted other than transposed)")

@@ -137,7 +137,7 @@ def dot_intrinsic(cfg: CpuConfig, lanes: int, a_dtype: str, wide: bool) -> str |
 def conv2d_nchwc_int8(func, cfg: CpuConfig):
     """Schedule a fused 8-bit NCHW[x]c conv kernel; (schedule, "conv2d-nchwc-int8[-dot]") or None."""
     from .nchwc import _block_names
-    from .rules import _divisors_le, _int, _prepare, schedule_spatial_block
+    from .rules import _divisors_le, _int, _prepare, epilogue_per_tile, schedule_spatial_block, split_init
 
     names = _block_names(func)
     if MAIN_BLOCK not in names and WIDE_BLOCK not in names:
@@ -190,22 +190,11 @@ def conv2d_nchwc_int8(func, cfg: CpuConfig):
             sch.unroll(lp)
     sch.unroll(fi)
     sch.unroll(pi)
-    for blk in epilogue:
-        sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
-        eloops = sch.get_loops(blk)[1:]
-        for lp in eloops[:-1]:
-            sch.unroll(lp)
-        if eloops:
-            sch.vectorize(eloops[-1])
+    epilogue_per_tile(sch, epilogue, fused)
     if intrin is None:  # vectorized before the init is split off (a reduction block without init cannot be)
         sch.unroll(k_l)
         sch.vectorize(v_l)
-    init = sch.decompose_reduction(main, icb)
-    iloops = sch.get_loops(init)[1:]
-    for lp in iloops[:-1]:
-        sch.unroll(lp)
-    if iloops:
-        sch.vectorize(iloops[-1])
+    split_init(sch, main, icb)
     kind = "conv2d-nchwc-int8"
     if intrin is not None:
         sch.tensorize(v_l, intrin)
@@ -230,7 +219,7 @@ def dense_int8(func, cfg: CpuConfig):
     [N/L, K/4, L, 4] -> int32): mr rows x nf panels of L-lane accumulators, the [L] x [4] step
     tensorized with the target's dot product. (schedule, "dense-int8[-dot]") or None."""
     from .nchwc import _block_names
-    from .rules import _divisors_le, _int, _prepare
+    from .rules import _divisors_le, _int, _prepare, epilogue_per_tile, split_init
 
     if not any(n in DENSE_BLOCKS for n in _block_names(func)):
         return None
@@ -279,22 +268,11 @@ def dense_int8(func, cfg: CpuConfig):
         sch.parallel(fused)
     sch.unroll(mi)
     sch.unroll(fi)
-    for blk in epilogue:
-        sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
-        eloops = sch.get_loops(blk)[1:]
-        for lp in eloops[:-1]:
-            sch.unroll(lp)
-        if eloops:
-            sch.vectorize(eloops[-1])
+    epilogue_per_tile(sch, epilogue, fused)
     if intrin is None:
         sch.unroll(k_l)
         sch.vectorize(l_l)
-    init = sch.decompose_reduction(main, k4_l)
-    iloops = sch.get_loops(init)[1:]
-    for lp in iloops[:-1]:
-        sch.unroll(lp)
-    if iloops:
-        sch.vectorize(iloops[-1])
+    split_init(sch, main, k4_l)
     kind = "dense-int8"
     if intrin is not None:
         sch.tensorize(l_l, intrin)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .config import TILE_SCOPE, CpuConfig
 
-from .rules import _divisors_le, _int
+from .rules import _divisors_le, _int, epilogue_per_tile, split_init
 
 MAIN_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc")
 
@@ -123,19 +123,8 @@ def conv2d_nchwc(func, cfg: CpuConfig):
         sch.unroll(lp)
     sch.vectorize(v_l)
 
-    for blk in epilogue:
-        sch.reverse_compute_at(blk, fused, preserve_unit_loops=True)
-        eloops = sch.get_loops(blk)[1:]
-        for lp in eloops[:-1]:
-            sch.unroll(lp)
-        if eloops:
-            sch.vectorize(eloops[-1])
-    init = sch.decompose_reduction(main, red[0])
-    iloops = sch.get_loops(init)[1:]
-    for lp in iloops[:-1]:
-        sch.unroll(lp)
-    if iloops:
-        sch.vectorize(iloops[-1])
+    epilogue_per_tile(sch, epilogue, fused)
+    split_init(sch, main, red[0])
     for blk in prep.prologue:
         if depthwise:
             try:

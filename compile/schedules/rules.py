@@ -373,6 +373,28 @@ def _unroll_window(sch, red_loops) -> None:
             sch.unroll(red_loops[-2])
 
 
+def epilogue_per_tile(sch, epilogue: list, at) -> None:
+    """Each epilogue stage computed under loop `at` (one register tile), its loops unrolled but the
+    innermost, which is vectorized: the fused ops run on the tile in registers before its one store."""
+    for blk in epilogue:
+        sch.reverse_compute_at(blk, at, preserve_unit_loops=True)
+        eloops = sch.get_loops(blk)[1:]
+        for lp in eloops[:-1]:
+            sch.unroll(lp)
+        if eloops:
+            sch.vectorize(eloops[-1])
+
+
+def split_init(sch, main, first_reduction) -> None:
+    """The tile's zero-init split off before `first_reduction`, unrolled, its innermost loop vectorized."""
+    init = sch.decompose_reduction(main, first_reduction)
+    iloops = sch.get_loops(init)[1:]
+    for lp in iloops[:-1]:
+        sch.unroll(lp)
+    if iloops:
+        sch.vectorize(iloops[-1])
+
+
 def _finish_packed(sch, main, first_reduction, prologue: list, cfg: CpuConfig, lanes: int) -> None:
     """The accumulator tile's zero-init split off (unrolled, its innermost loop in `lanes` vectors) and the
     prologue stages (padding) scheduled as elementwise kernels."""
