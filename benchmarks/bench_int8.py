@@ -9,7 +9,8 @@ harness (`toolkit.bench.run_bench`, the code behind `autoglm bench ARTIFACT --ba
   with its own integer kernels (QLinearConv / MatMulInteger fusion).
 
 Each run interleaves the two runtimes in blocks, each in its own process, at every thread count;
-outputs are checked against the baseline on the same inputs. The int8/fp32 ratios of one runtime
+outputs are checked on the same inputs (the int8 artifact against the QDQ graph executed as written,
+within the two output steps `compile` verifies with). The int8/fp32 ratios of one runtime
 come from its two runs (back to back, not interleaved with each other).
 
     python benchmarks/bench_int8.py [--models mobilenetv2 resnet18 bert-mini] [--threads 1,2]
@@ -73,7 +74,7 @@ def table(rows: dict[str, tuple[dict, dict]]) -> tuple[list[str], list[tuple[str
 
     lines = ["| model | threads | onnxruntime fp32 ms | autoglm fp32 ms | onnxruntime int8 ms | autoglm int8 ms | "
              "autoglm int8 / autoglm fp32 | autoglm int8 / onnxruntime int8 | onnxruntime int8 / fp32 | "
-             "artifact fp32 | artifact int8 | outputs int8 (max abs err) |",
+             "artifact fp32 | artifact int8 | int8 outputs vs the QDQ graph (max abs err) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     goals = []
     for model, (d32, d8) in rows.items():

@@ -289,3 +289,15 @@ def test_int8_mlp_matches_the_literal_qdq_graph(mlp_onnx, tmp_path):
     assert m["verification"]["passed"] and m["precision"]["integer_ops"] == {"matmul": 2}
     assert "accuracy on real data is unknown" in json.dumps(m["precision"]["accuracy"])
     assert any(r["schedule"].startswith("dense-int8") for r in m["fusion"]["kernel_table"])
+
+
+def test_bench_int8_artifact_against_onnxruntime_int8(digits_int8, tmp_path):
+    """onnxruntime times the same QDQ model with its integer kernels; the outputs are checked against the
+    QDQ graph executed as written, within the compile's tolerance."""
+    proc = run_cli("bench", digits_int8[0], "--baseline", "onnxruntime", "-t", "1", "--repeat", "4", "--warmup", "1",
+                   "--json", "-", "--no-db", check=True)
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "completed"
+    (cmp,) = doc["correctness"]["comparisons"]
+    assert cmp["against"] == "onnxruntime (QDQ graph as written)" and cmp["passed"] and cmp["atol"] > 1e-4
+    assert {r["role"] for r in doc["results"]} == {"toolkit", "baseline"}

@@ -32,8 +32,10 @@ def _open_runtime(kind: str, path: str, threads: int):
         return (lambda feeds: list(model.run(feeds).items())), model
     from compile.reference import ReferenceRuntime
 
-    ref = ReferenceRuntime.open(Path(path), "onnx" if kind == "onnxruntime" else "tflite", threads)
-    if kind == "onnxruntime":
+    # "onnxruntime-literal": graph optimizations off, a QDQ model executed as written (int8 artifacts' reference)
+    onnx = kind in ("onnxruntime", "onnxruntime-literal")
+    ref = ReferenceRuntime.open(Path(path), "onnx" if onnx else "tflite", threads, literal=kind == "onnxruntime-literal")
+    if onnx:
         names = [o.name for o in ref.session.get_outputs()]
     else:
         names = [d["name"] for d in ref.session.get_output_details()]
