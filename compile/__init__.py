@@ -176,7 +176,7 @@ def compile_model(
     stages = Stages(progress)
     source = None
     if int8 is not None:
-        source, calib = _int8_source(Path(model_path), input_shapes, int8)
+        source, calib, validation = _int8_source(Path(model_path), input_shapes, int8)
     else:
         with stages.stage("import"):
             model = load_model(model_path, input_shapes)
@@ -231,7 +231,7 @@ def compile_model(
                                      stats.kernel_rows)
         if int8 is not None and mode == "host":
             with stages.stage("accuracy vs fp32"):
-                precision["accuracy"] = _int8_accuracy(lib, target, Path(model_path), model, calib, int8)
+                precision["accuracy"] = _int8_accuracy(lib, target, Path(model_path), model, validation, int8)
         elif int8 is not None:
             precision["accuracy"] = {"skipped": f"the artifact cannot run here ({where}): use `autoglm accuracy` on the device"}
         manifest = _manifest(model, target, stats, compiler_line, verification, precision, source)
@@ -251,7 +251,9 @@ QUANTIZED_ONNX = "quantized.onnx"  # the QDQ model `compile --int8` made (onnxru
 
 
 def _int8_source(path: Path, input_shapes, options: Int8Options):
-    """The float model's own entry for the manifest, and the calibration samples."""
+    """The float model's own entry for the manifest, the calibration samples, the accuracy report's samples
+    and labels: all read and checked before anything is built."""
+    from .accuracy import load_labels
     from .frontend import ONNX, detect_format, onnx_input_specs, fix_shapes, sha256_file, _read_onnx
     from .quantize import is_qdq_onnx, load_samples, random_samples
 
@@ -265,17 +267,18 @@ def _int8_source(path: Path, input_shapes, options: Int8Options):
         calib = load_samples(Path(options.calibration), specs)
     else:
         calib = random_samples(specs, int(options.random_samples))
-    source = {"name": path.stem, "format": ONNX, "source_file": path.name, "sha256": sha256_file(path)}
-    return source, calib
-
-
-def _int8_accuracy(lib: Path, target: Target, float_path: Path, model: ImportedModel, calib, options: Int8Options) -> dict:
-    """The accuracy report against the float model; raises when the agreement is below the gate."""
-    from .accuracy import accuracy_report, load_labels
-    from .quantize import load_samples
-
-    data = load_samples(Path(options.validation), model.inputs, "--validation") if options.validation else calib
+    data = load_samples(Path(options.validation), specs, "--validation") if options.validation else calib
     labels = load_labels(options.labels, len(data.samples)) if options.labels else None
+    source = {"name": path.stem, "format": ONNX, "source_file": path.name, "sha256": sha256_file(path)}
+    return source, calib, (data, labels)
+
+
+def _int8_accuracy(lib: Path, target: Target, float_path: Path, model: ImportedModel, validation,
+                   options: Int8Options) -> dict:
+    """The accuracy report against the float model; raises when the agreement is below the gate."""
+    from .accuracy import accuracy_report
+
+    data, labels = validation
     executor = VMExecutor(lib, target.device)
     names = [s.name for s in model.inputs]
     ref = ReferenceRuntime.open(float_path, "onnx")

@@ -158,12 +158,19 @@ def test_qdq_model_compiles_as_integer_kernels(digits_int8, tmp_path):
     (["--int8", "--calibration-random", "4", "--calibration-method", "kl"], "minmax"),
     (["--int8", "--calibration-random", "4", "--min-agreement", "1.5"], "between 0 and 1"),
     (["--int8", "--calibration", "{bad}"], "shape"),
+    (["--int8", "--calibration", "{nan}"], "NaN"),
+    (["--int8", "--calibration", "{npz}"], "lacks the input(s) x"),
+    (["--int8", "--calibration", "{calib}", "--validation", "{calib}", "--labels", "{labels}"], "360 labels for 128"),
 ])
 def test_int8_bad_options(digits, tmp_path, args, fragment):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    np.save(bad / "wrong.npy", np.zeros((1, 3, 8, 8), np.float32))
-    args = [a.format(calib=digits["calib"], bad=bad) for a in args]
+    """Each refused before anything is built (the labels' count included), one line, nothing written."""
+    dirs = {k: tmp_path / k for k in ("bad", "nan", "npz")}
+    for d in dirs.values():
+        d.mkdir()
+    np.save(dirs["bad"] / "wrong.npy", np.zeros((1, 3, 8, 8), np.float32))
+    np.save(dirs["nan"] / "nan.npy", np.full((1, 1, 8, 8), np.nan, np.float32))
+    np.savez(dirs["npz"] / "keyed.npz", y=np.zeros((1, 1, 8, 8), np.float32))
+    args = [a.format(calib=digits["calib"], labels=digits["labels"], **dirs) for a in args]
     out = tmp_path / "o"
     assert_user_error(run_cli("compile", digits["onnx"], "-o", out, *args), 2, fragment)
     assert_nothing_written(out)
