@@ -141,6 +141,7 @@ def compile_model(
     tuning_db: str | Path | None = None,
     progress: Reporter | None = None,
     int8: Int8Options | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> CompileResult:
     """Import, build and package a model for `target` into the artifact directory `out_dir`.
 
@@ -155,6 +156,9 @@ def compile_model(
     `int8`: calibrate the float ONNX model with onnxruntime (`compile/quantize.py`), build the QDQ
     model's integer kernels, and gate on the accuracy against the float model (see `Int8Options`).
     A QDQ model given as it is builds the same way, verified against its literal execution.
+
+    `lineage`: where the model came from (an architecture search: its run, dataset, hyperparameters,
+    accuracy, latencies), recorded in the manifest as given (a JSON object).
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)  # a bad -o fails before the import, not after the build
@@ -236,6 +240,8 @@ def compile_model(
             precision["accuracy"] = {"skipped": f"the artifact cannot run here ({where}): use `autoglm accuracy` on the device"}
         manifest = _manifest(model, target, stats, compiler_line, verification, precision, source)
         manifest["compile_seconds"] = stages.to_json()
+        if lineage is not None:
+            manifest["lineage"] = json.loads(json.dumps(lineage))  # plain JSON, or a TypeError here, not a bad manifest
         publish(tmp, out_dir, manifest)
     return CompileResult(out_dir, read_manifest(out_dir))
 

@@ -336,6 +336,10 @@ def validate_manifest(m: Any, artifact: Path) -> dict[str, Any]:
     memory = f.obj(m, "memory", "memory")
     for key in ("planned_activation_bytes", "weight_bytes"):
         f.get(memory, key, f"memory.{key}", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+    lineage = f.get(m, "lineage", "lineage", lambda x: isinstance(x, dict), "an object", optional=True)
+    if lineage is not None:
+        f.get(lineage, "validation_accuracy", "lineage.validation_accuracy",
+              lambda x: x is None or (_is_num(x) and 0 <= x <= 1), "a number from 0 to 1 or null", optional=True)
     v = f.obj(m, "verification", "verification")
     passed = f.get(v, "passed", "verification.passed", lambda x: x is None or isinstance(x, bool), "true, false or null")
     if passed is None:

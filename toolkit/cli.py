@@ -351,6 +351,8 @@ def _register_subcommands() -> None:
     register_tune(app)
     from toolkit.cli_int8 import register as register_int8
     register_int8(app)
+    from toolkit.cli_search import register as register_search
+    register_search(app)
 
 
 def _one_line(text: str) -> str:

@@ -93,10 +93,12 @@ class Model:
         outs = version.executor().run(args)
         return {spec.name: arr for spec, arr in zip(version.outputs, outs)}
 
-    def swap(self, new_artifact: str | Path) -> None:
+    def swap(self, new_artifact: str | Path, force: bool = False) -> None:
         """Load `new_artifact` and make it serve all later requests; in-flight requests finish on the old one.
 
-        The new version must take the same inputs and give the same outputs (names, shapes, dtypes).
+        The new version must take the same inputs and give the same outputs (names, shapes, dtypes). When
+        both record a validation accuracy in their lineage (artifacts built by `autoglm search` /
+        `pipeline`), a less accurate new version is refused unless `force`.
         """
         new = _open(new_artifact)
         with self._swap_lock:
@@ -106,7 +108,18 @@ class Model:
                     f"cannot swap {old.path} for {new.path}: inputs/outputs differ "
                     f"({_sig(old)} vs {_sig(new)}); load it as a separate model instead"
                 )
+            old_acc, new_acc = (_validation_accuracy(v) for v in (old, new))
+            if not force and old_acc is not None and new_acc is not None and new_acc < old_acc:
+                raise UsageError(
+                    f"cannot swap {old.path} for {new.path}: its validation accuracy is lower ({100 * new_acc:.2f}% vs "
+                    f"{100 * old_acc:.2f}%, from their lineage); pass force=True to swap anyway"
+                )
             self._version = new
+
+
+def _validation_accuracy(v: _Version) -> float | None:
+    acc = (v.manifest.get("lineage") or {}).get("validation_accuracy")
+    return float(acc) if acc is not None else None
 
 
 def _sig(v: _Version) -> str:

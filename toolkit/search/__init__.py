@@ -1,0 +1,1 @@
+"""Hardware-aware architecture search: spaces, supernet, latency model, study, report."""

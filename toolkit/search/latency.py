@@ -1,0 +1,415 @@
+"""A target's latency model for the mobile-cnn space, built from networks compiled and benchmarked on it.
+
+Each measurement is a whole random network of the space exported, compiled for the target (the same
+fusion and schedules a user's model gets) and timed with `autoglm bench`'s harness on the device: the
+native runner on this machine, or a board over RPC, never qemu (emulated aarch64 is a functional target).
+
+The model has two parts, both refit from the measurements whenever it is loaded (nothing is pickled):
+1. a per-kernel table, fitted on the networks measured whole (so every cost is "in context": with the
+   fusion, layouts and caches of a real network): for the kinds of kernel the compiler emits for the
+   space (1x1 convs, depthwise convs, the stem, the head) a cost per multiply-accumulate, per element
+   moved and per kernel, fitted with non-negative least squares on relative error. A block's latency is
+   the sum of its kernels' costs.
+2. a correction for whole networks, measured ~ a * table sum + b * blocks + c (non-negative least
+   squares, weighted the same way): what per-kernel costs miss about a network as a whole.
+Both are linear in the blocks, so a supernet's expected latency over its choices is exact.
+
+Measurements are cached per target, TVM version, schedule sources and thread count
+(`~/.cache/autoglm/latency/<target>-<key>/measurements.csv`), so a second build measures nothing new.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from compile import AutoglmError, UsageError
+
+from . import mobile_cnn as space
+
+SPEC_VERSION = 1
+FIT_SEEDS = range(0, 1_000_000)            # architectures a model is fitted on: sample(seed) for these seeds
+HOLDOUT_SEED0 = 1_000_000                  # held-out architectures: sample(HOLDOUT_SEED0 + i), never fitted on
+# per kernel kind: millions of multiply-accumulates, millions of elements read + written, and a count
+# (depthwise convs are bound by the elements, 1x1 convs by the MACs, small kernels by the count)
+FEATURES = ("pw.mmac", "pw.melem", "pw.n", "dw.mmac", "dw.melem", "dw.n", "stem.mmac", "head.mmac", "const")
+CSV_FIELDS = ("arch", "p50_ms", "p10_ms", "p90_ms", "iterations", "measured_utc")
+Progress = Callable[[str], None]
+
+
+class LatencyModelError(AutoglmError):
+    """A latency model that cannot be built or loaded."""
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+def block_features(b: dict[str, Any]) -> dict[str, float]:
+    """The kernels of one MBConv block (shapes from `space.blocks`): 1x1 expansion (unless expand is 1),
+    depthwise, 1x1 projection."""
+    hidden = b["cin"] * b["expand"]
+    size, out = b["size"], (b["size"] + b["stride"] - 1) // b["stride"]
+    f = {"pw.mmac": out * out * hidden * b["cout"] / 1e6, "pw.melem": out * out * (hidden + b["cout"]) / 1e6, "pw.n": 1.0,
+         "dw.mmac": out * out * hidden * b["kernel"] ** 2 / 1e6, "dw.melem": (size * size + out * out) * hidden / 1e6, "dw.n": 1.0}
+    if b["expand"] != 1:
+        f["pw.mmac"] += size * size * b["cin"] * hidden / 1e6
+        f["pw.melem"] += size * size * (b["cin"] + hidden) / 1e6
+        f["pw.n"] += 1
+    return f
+
+
+def fixed_features(arch: dict[str, Any]) -> dict[str, float]:
+    """The kernels every network has: the stem conv and the 1x1 head (+ pooling and classifier)."""
+    r = arch["resolution"]
+    c, size = space.final_shape(arch)
+    return {"stem.mmac": r * r * arch["in_channels"] * space.STEM * 9 / 1e6,
+            "head.mmac": (size * size * c * space.HEAD + space.HEAD * arch["classes"]) / 1e6, "const": 1.0}
+
+
+def vector(f: dict[str, float]) -> np.ndarray:
+    return np.array([f.get(name, 0.0) for name in FEATURES])
+
+
+def network_features(arch: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """(the feature vector of the whole network, its number of blocks)."""
+    total = vector(fixed_features(arch))
+    n = 0
+    for b in space.blocks(arch):
+        total += vector(block_features(b))
+        n += 1
+    return total, n
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+@dataclass
+class LatencyModel:
+    """Per-kernel costs (ms per MMAC and per kernel) and the whole-network correction, for one target."""
+
+    target: str
+    key: str                                   # the cache key: target, TVM, schedules, threads
+    threads: int
+    where: str                                 # host, rpc://...
+    coef: np.ndarray                           # per FEATURES, >= 0
+    correction: tuple[float, float, float]     # measured ~ a * table + b * blocks + c
+    fit_count: int
+    cpu: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def table_ms(self, f: np.ndarray) -> float:
+        return float(f @ self.coef)
+
+    def block_ms(self, b: dict[str, Any]) -> float:
+        """A block's latency contribution (table cost, corrected): what the supernet's expectation sums."""
+        a, per_block, _ = self.correction
+        return a * self.table_ms(vector(block_features(b))) + per_block
+
+    def fixed_ms(self, arch: dict[str, Any]) -> float:
+        """The latency of what every network has (stem, head, the correction's constant)."""
+        a, _, c = self.correction
+        return a * self.table_ms(vector(fixed_features(arch))) + c
+
+    def predict(self, arch: dict[str, Any]) -> float:
+        """Predicted latency of an architecture in milliseconds."""
+        f, n = network_features(arch)
+        a, b, c = self.correction
+        return a * self.table_ms(f) + b * n + c
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec_version": SPEC_VERSION, "space": space.SPACE_NAME, "target": self.target, "key": self.key,
+                "threads": self.threads, "where": self.where, "cpu": self.cpu, "fit_count": self.fit_count,
+                "features": list(FEATURES), "coef": [float(x) for x in self.coef],
+                "correction": list(self.correction), **self.info}
+
+
+def fit(archs: list[dict[str, Any]], latencies_ms: list[float], **meta: Any) -> LatencyModel:
+    """Fit the table and the correction to measured networks (both non-negative least squares on relative error)."""
+    if len(archs) < 8:
+        raise LatencyModelError(f"{len(archs)} measured networks are too few to fit a latency model; measure at least 8 (--samples)")
+    y = np.asarray(latencies_ms, float)
+    feats = [network_features(a) for a in archs]
+    x = np.stack([f for f, _ in feats])
+    coef = _nnls_relative(x, y)
+    blocks = np.array([n for _, n in feats], float)
+    a, b, c = _nnls_relative(np.stack([x @ coef, blocks, np.ones_like(y)], 1), y)
+    return LatencyModel(coef=coef, correction=(float(a), float(b), float(c)), fit_count=len(archs), **meta)
+
+
+def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """argmin ||(x c - y) / y|| over c >= 0 (columns scaled for conditioning)."""
+    from scipy.optimize import nnls
+
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+    c, _ = nnls((x / scale) / y[:, None], np.ones_like(y))
+    return c / scale
+
+
+def accuracy(model: LatencyModel, archs: list[dict[str, Any]], measured_ms: list[float]) -> dict[str, Any]:
+    """How well `model` predicts measured latencies: fraction within +-10%, mean abs % error, Spearman rho."""
+    from scipy.stats import spearmanr
+
+    pred = np.array([model.predict(a) for a in archs])
+    y = np.asarray(measured_ms, float)
+    rel = np.abs(pred - y) / y
+    rho = float(spearmanr(pred, y).statistic) if len(y) > 2 else float("nan")
+    return {"architectures": len(y), "within_10pct": float((rel <= 0.10).mean()), "within_5pct": float((rel <= 0.05).mean()),
+            "mean_abs_pct_error": float(100 * rel.mean()), "max_abs_pct_error": float(100 * rel.max()),
+            "spearman": rho, "measured_ms_range": [float(y.min()), float(y.max())]}
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+def _schedule_sources_digest() -> str:
+    import compile as compile_pkg
+
+    root = Path(compile_pkg.__file__).parent
+    h = hashlib.sha256()
+    for p in sorted([*root.glob("schedules/*.py"), root / "layout.py", root / "relax_passes.py", root / "build.py"]):
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(target: Any, threads: int, where: str) -> tuple[str, dict[str, Any]]:
+    """The key measurements are cached under, and what went into it."""
+    import tvm
+
+    parts = {"space": space.SPACE_NAME, "spec": SPEC_VERSION, "target": target.name, "tvm_target": target.tvm,
+             "tvm": tvm.__version__, "schedules": _schedule_sources_digest(), "threads": threads, "where": where}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], parts
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AUTOGLM_CACHE", Path.home() / ".cache" / "autoglm")) / "latency"
+
+
+class MeasurementStore:
+    """Append-only CSV of measured networks: one fsynced line per measurement, so an interrupted build keeps
+    every finished measurement and a torn last line is ignored."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.path = directory / "measurements.csv"
+        self.rows: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self._read()
+
+    def _read(self) -> None:
+        text = self.path.read_text(errors="replace")
+        for row in csv.DictReader(io.StringIO(text)):
+            try:
+                arch = space.validate(json.loads(row["arch"]))
+                rec = {"arch": arch, "p50_ms": float(row["p50_ms"]), "p10_ms": float(row["p10_ms"]),
+                       "p90_ms": float(row["p90_ms"]), "iterations": int(row["iterations"]), "measured_utc": row["measured_utc"]}
+            except (TypeError, ValueError, KeyError, AutoglmError):
+                continue  # a line torn by a kill, or edited by hand: not a measurement
+            if math.isfinite(rec["p50_ms"]) and rec["p50_ms"] > 0:
+                self.rows[arch_key(arch)] = rec
+
+    def get(self, arch: dict[str, Any]) -> dict[str, Any] | None:
+        return self.rows.get(arch_key(arch))
+
+    def add(self, arch: dict[str, Any], samples_ms: list[float]) -> dict[str, Any]:
+        s = np.asarray(samples_ms)
+        rec = {"arch": arch, "p50_ms": float(np.median(s)), "p10_ms": float(np.percentile(s, 10)),
+               "p90_ms": float(np.percentile(s, 90)), "iterations": len(s),
+               "measured_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, CSV_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({**rec, "arch": json.dumps(arch, sort_keys=True, separators=(",", ":"))})
+        with open(self.path, "a", encoding="utf-8") as f:
+            if not new and not _ends_with_newline(self.path):
+                f.write("\n")  # a torn line from a killed build stays its own (ignored) line
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows[arch_key(arch)] = rec
+        return rec
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def arch_key(arch: dict[str, Any]) -> str:
+    return json.dumps(arch, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class Device:
+    """Where latencies are measured: this machine or a board over RPC (qemu is refused)."""
+
+    target: Any
+    threads: int
+    rpc: Any = None                           # a toolkit.bench.config.DeviceSpec of kind rpc, or None
+
+    @property
+    def where(self) -> str:
+        return str(self.rpc) if self.rpc is not None else "host"
+
+
+def check_device(target: Any, rpc: Any = None) -> None:
+    """Emulated timings are not latency: a target this machine runs only under qemu needs a board."""
+    if rpc is not None:
+        return
+    how = target.runnable_here()
+    if how != "native":
+        raise UsageError(f"target {target.name} does not run natively on this machine (here: {how}); its latency "
+                         f"must be measured on the board: pass --device rpc://HOST:PORT (qemu timings are never latency data)")
+
+
+def measure(arch: dict[str, Any], device: Device, workdir: Path, *, repeat: int = 60, warmup: int = 10,
+            seed: int = 0) -> list[float]:
+    """Export `arch` (seeded weights), compile it for the device's target and time it with the bench harness."""
+    from compile import compile_model
+    from toolkit import models
+    from toolkit.bench.config import BenchConfig
+    from toolkit.bench.harness import run_bench
+    from toolkit.export import export_onnx
+
+    import torch
+
+    with torch.no_grad():
+        module = models.with_weights(lambda: space.MobileCNN(arch), seed)
+        example = torch.randn(space.input_shape(arch))
+    onnx_path = export_onnx(module, example, workdir / "net.onnx")
+    art = workdir / "net-artifact"
+    if art.exists():
+        shutil.rmtree(art)
+    compile_model(onnx_path, device.target, art, verify=False)
+    cfg = BenchConfig(artifact=art, threads=[device.threads], warmup=warmup, repeat=repeat, block=repeat // 4 or 1)
+    if device.rpc is not None:
+        cfg.device = device.rpc
+    run = run_bench(cfg)
+    toolkit_result = next(r for r in run.results if r.role == "toolkit")
+    if toolkit_result.emulated:
+        raise LatencyModelError("the bench ran under emulation; emulated timings are never latency data")
+    return list(toolkit_result.samples_ms)
+
+
+def measure_all(archs: Iterable[dict[str, Any]], device: Device, store: MeasurementStore,
+                progress: Progress | None = None, label: str = "measuring") -> list[dict[str, Any]]:
+    """The measurement of every architecture, measuring only those the store does not have."""
+    say = progress or (lambda _m: None)
+    archs = list(archs)
+    todo = [a for a in archs if store.get(a) is None]
+    if len(todo) < len(archs):
+        say(f"{label}: {len(archs) - len(todo)} of {len(archs)} networks already measured (cache {store.dir})")
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="autoglm-latency-") as tmp:
+        for i, arch in enumerate(todo, 1):
+            rec = store.add(arch, measure(arch, device, Path(tmp)))
+            eta = (time.monotonic() - t0) / i * (len(todo) - i)
+            say(f"{label}: {i}/{len(todo)} {space.describe(arch)}: {rec['p50_ms']:.3f} ms (p50), ~{eta:.0f} s left")
+    return [store.get(a) for a in archs]  # type: ignore[misc]
+
+
+def fit_architectures(samples: int, resolution: int | None = None, in_channels: int = 1, classes: int = 10) -> list[dict[str, Any]]:
+    """The architectures a model is fitted on: the first `samples` distinct random members of the space."""
+    return _distinct((space.sample(s, resolution, in_channels, classes) for s in FIT_SEEDS), samples)
+
+
+def holdout_architectures(count: int, resolution: int | None = None, in_channels: int = 1, classes: int = 10,
+                          exclude: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Held-out random architectures (other seeds, and none that the model was fitted on)."""
+    skip = {arch_key(a) for a in exclude}
+    gen = (space.sample(HOLDOUT_SEED0 + s, resolution, in_channels, classes) for s in range(10 ** 6))
+    return _distinct((a for a in gen if arch_key(a) not in skip), count)
+
+
+def _distinct(gen: Iterable[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for a in gen:
+        k = arch_key(a)
+        if k not in seen:
+            seen.add(k)
+            out.append(a)
+            if len(out) == count:
+                break
+    return out
+
+
+def model_dir(device: Device) -> tuple[Path, str, dict[str, Any]]:
+    key, parts = cache_key(device.target, device.threads, device.where)
+    return cache_root() / f"{device.target.name}-{key}", key, parts
+
+
+def build(device: Device, samples: int, progress: Progress | None = None) -> tuple[LatencyModel, Path]:
+    """Measure (what the cache lacks) `samples` random networks on the device, fit, and write model.json."""
+    from toolkit.bench.sysinfo import cpu_model
+
+    directory, key, parts = model_dir(device)
+    store = MeasurementStore(directory)
+    archs = fit_architectures(samples)
+    recs = measure_all(archs, device, store, progress, "latency-model build")
+    model = fit(archs, [r["p50_ms"] for r in recs], target=device.target.name, key=key, threads=device.threads,
+                where=device.where, cpu=cpu_model() if device.rpc is None else "", info={"cache_key_parts": parts})
+    model.info["fit_accuracy"] = accuracy(model, archs, [r["p50_ms"] for r in recs])
+    _write_json(directory / "model.json", model.to_json())
+    return model, directory
+
+
+def load(device: Device) -> LatencyModel:
+    """The cached model of a device, refit from its measurements (the JSON says how many were used)."""
+    directory, key, parts = model_dir(device)
+    path = directory / "model.json"
+    if not path.is_file():
+        raise LatencyModelError(f"no latency model for target {device.target.name} ({device.threads} threads, {device.where}) with "
+                                f"this TVM and these schedules; run `autoglm latency-model build --target {device.target.name}` first")
+    try:
+        doc = json.loads(path.read_text())
+        count = int(doc["fit_count"])
+        if doc.get("spec_version") != SPEC_VERSION or doc.get("key") != key:
+            raise ValueError("spec or key differs")
+    except (ValueError, KeyError, TypeError) as e:
+        raise LatencyModelError(f"{path} is not a latency model of this version ({e}); rebuild it with `autoglm latency-model build`") from None
+    store = MeasurementStore(directory)
+    archs = fit_architectures(count)
+    recs = [store.get(a) for a in archs]
+    if any(r is None for r in recs):
+        raise LatencyModelError(f"{directory / 'measurements.csv'} lacks measurements the model was fitted on; rebuild it with "
+                                f"`autoglm latency-model build --target {device.target.name}`")
+    model = fit(archs, [r["p50_ms"] for r in recs], target=device.target.name, key=key, threads=device.threads,  # type: ignore[index]
+                where=device.where, cpu=doc.get("cpu", ""), info={"cache_key_parts": parts})
+    model.info["fit_accuracy"] = doc.get("fit_accuracy")
+    return model
+
+
+def evaluate(device: Device, holdout: int, progress: Progress | None = None) -> tuple[dict[str, Any], LatencyModel, list]:
+    """Measure `holdout` held-out random networks (cached) and compare them with the model's predictions."""
+    model = load(device)
+    directory, _, _ = model_dir(device)
+    store = MeasurementStore(directory)
+    archs = holdout_architectures(holdout, exclude=fit_architectures(model.fit_count))
+    recs = measure_all(archs, device, store, progress, "latency-model eval")
+    measured = [r["p50_ms"] for r in recs]
+    report = accuracy(model, archs, measured)
+    report["fit_count"] = model.fit_count
+    doc = json.loads((directory / "model.json").read_text())
+    doc["holdout_accuracy"] = report
+    _write_json(directory / "model.json", doc)
+    rows = [(a, m, model.predict(a)) for a, m in zip(archs, measured)]
+    return report, model, rows
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    from compile.fileio import write_atomic
+
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")

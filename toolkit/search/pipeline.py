@@ -1,0 +1,96 @@
+"""`autoglm pipeline`: latency model -> search -> retrain -> export -> compile -> verify -> bench against
+onnxruntime, then the same space's random architectures and the hand-designed baseline trained, compiled
+and measured the same way, and the report (report.md + pareto.png) comparing them."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from . import latency, mobile_cnn as space
+from .run import RunOptions, _save_json, default_resolution, search_and_train, train_architecture
+
+Progress = Callable[[str], None]
+
+
+def ensure_latency_model(device: latency.Device, samples: int, say: Progress) -> latency.LatencyModel:
+    """The cached model of the device, built first (measuring what the cache lacks) when there is none."""
+    try:
+        return latency.load(device)
+    except latency.LatencyModelError:
+        say(f"latency model: none for {device.target.name} yet; measuring {samples} random networks (cached for next time)")
+        model, _ = latency.build(device, samples, say)
+        return model
+
+
+def baseline_architecture(model: latency.LatencyModel, resolution: int, c: int, classes: int, budget_ms: float | None) -> dict[str, Any]:
+    """MobileNetV2's recipe at the widest width step the latency model puts within the budget."""
+    archs = [space.baseline(resolution, c, classes, s) for s in (2, 1, 0)]
+    if budget_ms is None:
+        return archs[1]
+    return next((a for a in archs if model.predict(a) <= budget_ms), archs[-1])
+
+
+def run_pipeline(opts: RunOptions, *, random_count: int = 4, latency_samples: int = 60, progress: Progress | None = None) -> dict[str, Any]:
+    """The README's main job; returns the summary written to OUTPUT/pipeline.json."""
+    from ..datasets import load_dataset
+
+    say = progress or (lambda _m: None)
+    t0 = time.monotonic()
+    device = latency.Device(opts.target, opts.threads or opts.target.threads, opts.rpc)
+    latency.check_device(opts.target, opts.rpc)
+    model = ensure_latency_model(device, latency_samples, say)
+    searched = search_and_train(opts, say)
+    data = load_dataset(opts.dataset)
+    resolution = searched["architecture"]["resolution"]
+    c = data.shape[0]
+    store = latency.MeasurementStore(latency.model_dir(device)[0])
+    candidates = [{"kind": "random", "architecture": space.sample(10_000 + i, resolution, c, data.classes)} for i in range(random_count)]
+    candidates.append({"kind": "baseline", "architecture": baseline_architecture(model, resolution, c, data.classes, opts.budget_ms)})
+    for i, cand in enumerate(candidates, 1):
+        arch = cand["architecture"]
+        label = f"{cand['kind']} {i}/{len(candidates)}"
+        say(f"{label}: train {space.describe(arch)}")
+        _, tr = train_architecture(arch, data, replace(opts.train, kd_alpha=0.0, seed=opts.seed), None, None, label)
+        rec = latency.measure_all([arch], device, store, say, label)[0]
+        cand.update(test_accuracy=tr.test_accuracy, val_accuracy=tr.val_accuracy, measured_ms=rec["p50_ms"],
+                    predicted_ms=model.predict(arch))
+        say(f"{label}: test accuracy {100 * tr.test_accuracy:.1f}%, measured {rec['p50_ms']:.3f} ms")
+    say("bench: the searched artifact against onnxruntime (same run, interleaved)")
+    bench = bench_against_onnxruntime(Path(searched["artifact"]), device)
+    summary = {"searched": {k: searched[k] for k in ("architecture", "validation_accuracy", "test_accuracy", "predicted_ms",
+                                                     "measured_ms", "latency_budget_ms", "artifact", "onnx", "skips")},
+               "candidates": candidates, "bench": bench, "latency_model": _model_accuracy(device),
+               "dataset": searched["dataset"], "target": opts.target.name, "threads": device.threads,
+               "seconds": time.monotonic() - t0, "budget_rounds": searched["budget_rounds"]}
+    _save_json(opts.output / "pipeline.json", summary)
+    from .report import write_report
+
+    write_report(opts.output, summary)
+    return summary
+
+
+def bench_against_onnxruntime(artifact: Path, device: latency.Device) -> dict[str, Any]:
+    import numpy as np
+
+    from toolkit.bench.config import BenchConfig
+    from toolkit.bench.harness import run_bench
+
+    cfg = BenchConfig(artifact=artifact, baseline="onnxruntime", threads=[device.threads], warmup=10, repeat=200, block=20)
+    if device.rpc is not None:
+        cfg.device = device.rpc
+    run = run_bench(cfg)
+    p50 = {r.role: float(np.median(r.samples_ms)) for r in run.results}
+    return {"toolkit_p50_ms": p50["toolkit"], "onnxruntime_p50_ms": p50["baseline"], "ratio": p50["toolkit"] / p50["baseline"],
+            "outputs_match": run.outputs_match, "threads": device.threads}
+
+
+def _model_accuracy(device: latency.Device) -> dict[str, Any]:
+    doc = json.loads((latency.model_dir(device)[0] / "model.json").read_text())
+    return {"fit_count": doc["fit_count"], "fit": doc.get("fit_accuracy"), "holdout": doc.get("holdout_accuracy")}
+
+
+__all__ = ["run_pipeline", "default_resolution"]

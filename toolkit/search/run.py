@@ -1,0 +1,201 @@
+"""`autoglm search` and `autoglm pipeline`: search -> re-measure against the budget -> retrain with
+distillation -> export -> compile -> verify -> bench, each stage a line on stderr, the results in a run
+directory that is written stage by stage (a killed run leaves finished stages and its study to resume).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from compile import UsageError
+
+from ..datasets import Dataset, load_dataset
+from . import latency, mobile_cnn as space
+from .search import SearchConfig, count_skips, fit_budget, run_search, supernet_teacher
+from .train import TrainConfig, train
+
+Progress = Callable[[str], None]
+MAX_REMEASURE = 3
+
+
+@dataclass
+class RunOptions:
+    dataset: str
+    target: Any
+    output: Path
+    budget_ms: float | None = None
+    resolution: int | None = None
+    threads: int | None = None
+    rpc: Any = None
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trials: int = 0                  # Optuna trials tuning the search's hyperparameters (0: the defaults)
+    storage: str | None = None
+    workers: int = 1
+    seed: int = 0
+
+
+def default_resolution(data: Dataset) -> int:
+    """The dataset's own size if the space has it, else the next larger resolution."""
+    size = data.shape[-1]
+    return next((r for r in space.RESOLUTIONS if r >= size), space.RESOLUTIONS[-1])
+
+
+def parse_budget(text: str | None) -> float | None:
+    """'2ms', '1.5 ms', '800us' -> milliseconds."""
+    if text is None:
+        return None
+    t = text.strip().lower().replace(" ", "")
+    for unit, scale in (("ms", 1.0), ("us", 1e-3), ("µs", 1e-3), ("s", 1e3)):
+        if t.endswith(unit):
+            try:
+                v = float(t[: -len(unit)]) * scale
+            except ValueError:
+                break
+            if v > 0 and np.isfinite(v):
+                return v
+            break
+    raise UsageError(f"--latency-budget {text!r} is not a duration; write it like 2ms, 0.5ms or 800us")
+
+
+def _save_json(path: Path, doc: Any) -> None:
+    from compile.fileio import write_atomic
+
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")
+
+
+def export_trained(module: torch.nn.Module, arch: dict[str, Any], path: Path) -> Path:
+    from ..export import export_onnx
+
+    module.eval()
+    return export_onnx(module, torch.from_numpy(np.random.default_rng(0).random(space.input_shape(arch), np.float32)), path)
+
+
+def train_architecture(arch: dict[str, Any], data: Dataset, cfg: TrainConfig, teacher=None, progress: Progress | None = None,
+                       label: str = "train"):
+    torch.manual_seed(cfg.seed)
+    module = space.MobileCNN(arch)
+    result = train(module, data, arch["resolution"], cfg, teacher, progress, label)
+    return module, result
+
+
+@dataclass
+class _TrialContext:
+    data: Dataset
+    resolution: int
+    model: latency.LatencyModel
+    budget_ms: float | None
+    base: SearchConfig
+
+
+def _trial_objective(ctx: _TrialContext, trial) -> float:
+    """One hyperparameter trial: a search with suggested settings, pruned on the supernet's validation accuracy."""
+    import optuna
+
+    cfg = replace(ctx.base, lr_weights=trial.suggest_float("lr_weights", 1e-3, 1e-2, log=True),
+                  lr_arch=trial.suggest_float("lr_arch", 3e-3, 3e-2, log=True),
+                  weight_decay=trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True),
+                  latency_weight=trial.suggest_float("latency_weight", 0.5, 8.0, log=True),
+                  tau_start=trial.suggest_float("tau_start", 2.0, 8.0), tau_end=trial.suggest_float("tau_end", 0.2, 1.0))
+
+    def stop(epoch: int, acc: float) -> bool:
+        trial.report(acc, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+        return False
+
+    res = run_search(ctx.data, ctx.resolution, ctx.model, cfg, ctx.budget_ms, None, stop)
+    return res.history[-1]["val_accuracy"]
+
+
+def tune_hyperparameters(ctx: _TrialContext, opts: RunOptions, say: Progress) -> tuple[SearchConfig, dict[str, Any]]:
+    """Optuna over the search's learning rates, weight decay, lambda and temperature schedule; resumes a killed study."""
+    from .study import completed_trials, open_study, run_trials
+
+    name = f"search-{space.SPACE_NAME}-{opts.dataset.replace('/', '_')}-{opts.target.name}"
+    study = open_study(name, opts.storage, opts.output, opts.workers, directions=["maximize"], seed=opts.seed)
+    kept = len(completed_trials(study))
+    if kept:
+        say(f"hyperparameters: resuming study {name}: {kept} completed trials kept")
+    ran = run_trials(study, functools.partial(_trial_objective, ctx), opts.trials, opts.workers)
+    best = study.best_trial
+    say(f"hyperparameters: {ran} trials run, best supernet val accuracy {100 * best.value:.1f}% with "
+        + ", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
+    return replace(ctx.base, **best.params), {"study": name, "trials": len(study.trials), "best_trial": best.number,
+                                              "best_value": best.value, "params": best.params}
+
+
+def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """The `autoglm search` job; returns the run summary (also written to OUTPUT/search.json)."""
+    say = progress or (lambda _m: None)
+    t_start = time.monotonic()
+    out = opts.output
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(opts.dataset)
+    resolution = opts.resolution or default_resolution(data)
+    if resolution not in space.RESOLUTIONS:
+        raise UsageError(f"--resolution {resolution}: the {space.SPACE_NAME} space has {', '.join(map(str, space.RESOLUTIONS))}")
+    device = latency.Device(opts.target, opts.threads or opts.target.threads, opts.rpc)
+    model = latency.load(device)
+    say(f"latency model: {opts.target.name}, {device.threads} thread(s), fitted on {model.fit_count} measured networks")
+    cfg = replace(opts.search, seed=opts.seed)
+    hyper: dict[str, Any] = {"tuned": False}
+    if opts.trials:
+        ctx = _TrialContext(data, resolution, model, opts.budget_ms, replace(cfg, epochs=max(2, cfg.epochs // 2)))
+        tuned, hyper = tune_hyperparameters(ctx, opts, say)
+        cfg = replace(tuned, epochs=cfg.epochs, seed=opts.seed)
+        hyper["tuned"] = True
+    say(f"search: {cfg.epochs} epochs on {data.name} at {resolution}x{resolution}, budget "
+        f"{'none' if opts.budget_ms is None else f'{opts.budget_ms:g} ms'}")
+    result = run_search(data, resolution, model, cfg, opts.budget_ms, say)
+    arch = result.arch
+    # re-measure what the search returns: the latency model is a model; the budget is about the device
+    store = latency.MeasurementStore(latency.model_dir(device)[0])
+    rounds = []
+    for i in range(MAX_REMEASURE):
+        rec = latency.measure_all([arch], device, store, say, "budget check")[0]
+        pred = model.predict(arch)
+        rounds.append({"architecture": arch, "predicted_ms": pred, "measured_ms": rec["p50_ms"]})
+        say(f"budget check: {space.describe(arch)}: predicted {pred:.3f} ms, measured {rec['p50_ms']:.3f} ms")
+        if opts.budget_ms is None or rec["p50_ms"] <= opts.budget_ms or i == MAX_REMEASURE - 1:
+            break
+        arch, moves = fit_budget(arch, result.supernet, model, opts.budget_ms * pred / rec["p50_ms"], cfg.max_skips)
+        for mv in moves:
+            say(f"budget check: over budget, shrink: {mv}")
+    _save_json(out / "architecture.json", arch)
+    say(f"retrain: {space.describe(arch)} from scratch, distilled from the supernet")
+    tcfg = replace(opts.train, seed=opts.seed)
+    module, tr = train_architecture(arch, data, tcfg, supernet_teacher(result.supernet), say, "retrain")
+    say(f"retrain: val accuracy {100 * tr.val_accuracy:.1f}%, test accuracy {100 * tr.test_accuracy:.1f}% "
+        f"(best epoch {tr.best_epoch} of {tr.epochs})")
+    onnx_path = export_trained(module, arch, out / "model.onnx")
+    torch.save(module.state_dict(), out / "weights.pt.partial")
+    (out / "weights.pt.partial").replace(out / "weights.pt")
+    lineage = {
+        "run": str(out.resolve()), "space": space.SPACE_NAME, "architecture": arch,
+        "dataset": {"name": data.name, "sha256": data.sha256, "train": len(data.train.y), "val": len(data.val.y),
+                    "test": len(data.test.y)},
+        "seed": opts.seed, "search": cfg.to_json(), "training": {**tcfg.__dict__}, "hyperparameters": hyper,
+        "validation_accuracy": tr.val_accuracy, "test_accuracy": tr.test_accuracy,
+        "latency_budget_ms": opts.budget_ms, "predicted_ms": rounds[-1]["predicted_ms"], "measured_ms": rounds[-1]["measured_ms"],
+        "latency_model": {"key": model.key, "spec_version": latency.SPEC_VERSION, "fit_count": model.fit_count,
+                          "threads": device.threads, "where": device.where},
+    }
+    say("compile: the trained network for " + opts.target.name)
+    from compile import compile_model
+
+    art = out / "artifact"
+    res = compile_model(onnx_path, opts.target, art, lineage=lineage, progress=say)
+    summary = {**lineage, "artifact": str(art), "onnx": str(onnx_path), "verification": res.manifest["verification"],
+               "budget_rounds": rounds, "skips": count_skips(arch), "max_skips": cfg.max_skips,
+               "search_history": result.history, "fit_moves": result.repairs, "seconds": time.monotonic() - t_start}
+    _save_json(out / "search.json", summary)
+    return summary

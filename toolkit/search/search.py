@@ -1,0 +1,191 @@
+"""Differentiable architecture search on the mobile-cnn supernet under a target's latency model.
+
+Weights and architecture parameters are updated in alternation on two halves of the training split
+(DARTS' bi-level scheme, first order), with Gumbel-softmax samples whose temperature is annealed from
+`tau_start` to `tau_end`. The architecture loss is cross-entropy + lambda * the latency penalty, where the
+expected latency is exact under the target's latency model (`supernet.ExpectedLatency`): with a budget the
+penalty is relu(E[lat] / budget - 1) (the search spends up to the budget), without one E[lat] / E0 (E0:
+the uniform distribution's). The first `warmup` epochs train the weights only, so parameter-free skips do
+not win early (the DARTS collapse); the derived net keeps at most `max_skips` skips (P-DARTS' cap).
+Derivation then fits the budget on the latency model (`fit_budget`): the cheapest loss of architecture
+likelihood per millisecond saved, move by move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.nn import functional as F
+
+from ..datasets import Dataset
+from . import mobile_cnn as space
+from .latency import LatencyModel
+from .supernet import ExpectedLatency, SuperNet
+from .train import evaluate, tensors
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class SearchConfig:
+    epochs: int = 10
+    warmup: int = 2                   # epochs of weight training before the architecture moves
+    batch: int = 64
+    lr_weights: float = 3e-3
+    lr_arch: float = 1e-2
+    weight_decay: float = 1e-4
+    latency_weight: float = 2.0       # lambda
+    tau_start: float = 5.0
+    tau_end: float = 0.5
+    max_skips: int | None = 3         # None: no guard against skip collapse
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    arch: dict[str, Any]
+    supernet: SuperNet
+    expected_ms: float                # E[latency] of the final distribution
+    predicted_ms: float               # of the derived (budget-fitted) architecture
+    history: list[dict[str, float]] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+
+
+def temperature(cfg: SearchConfig, epoch: int) -> float:
+    """Exponential annealing from tau_start (epoch 0) to tau_end (last epoch)."""
+    span = max(cfg.epochs - 1, 1)
+    return cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (min(epoch, span) / span)
+
+
+def run_search(data: Dataset, resolution: int, model: LatencyModel, cfg: SearchConfig, budget_ms: float | None,
+               progress: Progress | None = None, should_stop: Callable[[int, float], bool] | None = None) -> SearchResult:
+    """Search the space on `data` at `resolution`; `should_stop(epoch, val_accuracy)` may end it early (pruning)."""
+    say = progress or (lambda _m: None)
+    torch.manual_seed(cfg.seed)
+    c, _, _ = data.shape
+    net = SuperNet(resolution, c, data.classes)
+    lat = ExpectedLatency(model, resolution, c, data.classes)
+    x, y = tensors(data.train, resolution)
+    xv, yv = tensors(data.val, resolution)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(len(y), generator=gen)
+    half = len(y) // 2
+    wx, wy, ax, ay = x[perm[:half]], y[perm[:half]], x[perm[half:]], y[perm[half:]]
+    w_opt = torch.optim.AdamW(net.weight_parameters(), lr=cfg.lr_weights, weight_decay=cfg.weight_decay)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.lr_arch, betas=(0.5, 0.999))
+    with torch.no_grad():
+        e0 = float(lat(*net.probabilities()))
+    history: list[dict[str, float]] = []
+    for epoch in range(cfg.epochs):
+        tau = temperature(cfg, epoch)
+        net.train()
+        order_w = torch.randperm(half, generator=gen)
+        order_a = torch.randperm(len(ay), generator=gen)
+        for i in range(0, half, cfg.batch):
+            idx = order_w[i:i + cfg.batch]
+            loss = F.cross_entropy(net(wx[idx], net.sample(tau)), wy[idx])
+            w_opt.zero_grad()
+            loss.backward()
+            w_opt.step()
+            if epoch < cfg.warmup:
+                continue
+            jdx = order_a[i:i + cfg.batch]
+            weights = net.sample(tau)
+            expected = lat(*net.probabilities(tau))
+            penalty = F.relu(expected / budget_ms - 1) if budget_ms else expected / e0
+            a_loss = F.cross_entropy(net(ax[jdx], weights), ay[jdx]) + cfg.latency_weight * penalty
+            a_opt.zero_grad()
+            a_loss.backward()
+            a_opt.step()
+        with torch.no_grad():
+            expected = float(lat(*net.probabilities()))
+            _, va = evaluate(net, xv, yv)  # the most likely path
+        arch = net.derive(cfg.max_skips)
+        row = {"epoch": epoch + 1, "tau": tau, "val_accuracy": va, "expected_ms": expected, "derived_ms": model.predict(arch)}
+        history.append(row)
+        say(f"search: epoch {epoch + 1}/{cfg.epochs} (tau {tau:.2f}{', weights only' if epoch < cfg.warmup else ''}): supernet val "
+            f"accuracy {100 * va:.1f}%, E[latency] {expected:.3f} ms, derived {space.describe(arch)} ~{row['derived_ms']:.3f} ms")
+        if should_stop is not None and should_stop(epoch, va):
+            break
+    arch = net.derive(cfg.max_skips)
+    repairs: list[str] = []
+    if budget_ms:
+        arch, repairs = fit_budget(arch, net, model, budget_ms, cfg.max_skips)
+        for r in repairs:
+            say(f"search: fit to budget: {r}")
+    with torch.no_grad():
+        expected = float(lat(*net.probabilities()))
+    return SearchResult(arch, net, expected, model.predict(arch), history, repairs)
+
+
+def fit_budget(arch: dict[str, Any], net: SuperNet, model: LatencyModel, budget_ms: float,
+               max_skips: int | None) -> tuple[dict[str, Any], list[str]]:
+    """Shrink `arch` until the latency model predicts it within `budget_ms`: each move (a cheaper op in one
+    slot, or a narrower stage) is the one losing the least architecture log-likelihood per millisecond saved."""
+    logp = F.log_softmax(net._logits().detach(), -1)
+    wlogp = [F.log_softmax(w.detach(), -1) for w in net.width_logits]
+    moves: list[str] = []
+    while (pred := model.predict(arch)) > budget_ms:
+        best = None
+        skips = sum(b["op"] == "skip" for s in arch["stages"] for b in s["blocks"])
+        for s, stage in enumerate(arch["stages"]):
+            widths = space.STAGES[s][0]
+            wi = widths.index(stage["width"])
+            for nw in range(wi):
+                cand = _replace(arch, s, width=widths[nw])
+                best = _better(best, cand, float(wlogp[s][wi] - wlogp[s][nw]), pred - model.predict(cand),
+                               f"stage {s} width {stage['width']} -> {widths[nw]}")
+            for j, block in enumerate(stage["blocks"]):
+                k, cur = s * space.MAX_DEPTH + j, space.op_index(block)
+                for i, op in enumerate(space.OPS):
+                    if i == cur or (i == space.SKIP and (j == 0 or (max_skips is not None and skips >= max_skips))):
+                        continue
+                    cand = _replace(arch, s, block=(j, dict(op)))
+                    best = _better(best, cand, float(logp[k][cur] - logp[k][i]), pred - model.predict(cand),
+                                   f"stage {s} block {j} {_op_name(block)} -> {_op_name(op)}")
+        if best is None:
+            moves.append(f"nothing smaller is left; predicted {pred:.3f} ms stays over {budget_ms:.3f} ms")
+            break
+        arch = best[0]
+        moves.append(f"{best[3]} (predicted {model.predict(arch):.3f} ms)")
+    return arch, moves
+
+
+def _better(best, cand, cost: float, saved: float, what: str):
+    if saved <= 1e-9:
+        return best
+    score = max(cost, 0.0) / saved
+    return (cand, score, saved, what) if best is None or score < best[1] else best
+
+
+def _replace(arch: dict[str, Any], s: int, width: int | None = None, block: tuple[int, dict] | None = None) -> dict[str, Any]:
+    stages = [{"width": st["width"], "blocks": [dict(b) for b in st["blocks"]]} for st in arch["stages"]]
+    if width is not None:
+        stages[s]["width"] = width
+    if block is not None:
+        stages[s]["blocks"][block[0]] = block[1]
+    return space.validate({**arch, "stages": stages})
+
+
+def _op_name(b: dict[str, Any]) -> str:
+    return "skip" if b["op"] == "skip" else f"k{b['kernel']}e{b['expand']}"
+
+
+def count_skips(arch: dict[str, Any]) -> int:
+    return sum(b["op"] == "skip" for s in arch["stages"] for b in s["blocks"])
+
+
+def supernet_teacher(net: SuperNet) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The trained supernet as a distillation teacher: its most likely path, with the shared weights."""
+    net.eval()
+
+    def teach(t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return net(t)
+    return teach
+
