@@ -288,11 +288,34 @@ def inspect_cmd(
     console.print(f"  source:  {manifest['model']['source_file']} sha256 {manifest['model']['sha256'][:16]}...")
     console.print("  kernels: " + ", ".join(manifest["fusion"]["kernel_names"]))
     console.print(f"  tuning:  {manifest['tuning']['records_applied']} records applied")
+    if isinstance(manifest.get("lineage"), dict):
+        _print_lineage(manifest["lineage"])
     console.print(f"  files:   {integrity}")
     if explain:
         _print_explain(manifest)
     if failure is not None:
         raise failure  # CI can gate on `autoglm inspect`
+
+
+def _print_lineage(lin: dict[str, Any]) -> None:
+    """Which run made this model and how good it was (artifacts of `autoglm search` / `pipeline`)."""
+    def pct(v: Any) -> str:
+        return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "?"
+
+    def ms(v: Any) -> str:
+        return f"{v:.3f} ms" if isinstance(v, (int, float)) else "?"
+
+    ds = lin.get("dataset") if isinstance(lin.get("dataset"), dict) else {}
+    lm = lin.get("latency_model") if isinstance(lin.get("latency_model"), dict) else {}
+    console.print(f"  lineage: run {lin.get('run', '?')}, seed {lin.get('seed', '?')}")
+    console.print(f"           dataset {ds.get('name', '?')} sha256 {str(ds.get('sha256', '?'))[:16]}..., validation accuracy "
+                  f"{pct(lin.get('validation_accuracy'))}, test {pct(lin.get('test_accuracy'))}")
+    console.print(f"           latency predicted {ms(lin.get('predicted_ms'))}, measured {ms(lin.get('measured_ms'))}, budget "
+                  f"{ms(lin.get('latency_budget_ms')) if lin.get('latency_budget_ms') else 'none'}; latency model "
+                  f"{lm.get('key', '?')} (spec {lm.get('spec_version', '?')}, {lm.get('fit_count', '?')} networks)")
+    hp = lin.get("hyperparameters") if isinstance(lin.get("hyperparameters"), dict) else {}
+    if hp.get("tuned"):
+        console.print(f"           hyperparameters from study {hp.get('study')} (trial {hp.get('best_trial')} of {hp.get('trials')})")
 
 
 @app.command("export")

@@ -94,6 +94,7 @@ class BenchConfig:
     rtol: float = 1e-3
     profile: bool = False
     timeout: float = 600.0               # per runner process / worker request / RPC block
+    check_outputs: bool = True           # False: time only (latency-model measurements of random-weight nets)
     command: str = ""
 
     def validate(self) -> None:

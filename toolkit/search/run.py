@@ -138,13 +138,13 @@ def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict
     say = progress or (lambda _m: None)
     t_start = time.monotonic()
     out = opts.output
-    out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(opts.dataset)
     resolution = opts.resolution or default_resolution(data)
     if resolution not in space.RESOLUTIONS:
         raise UsageError(f"--resolution {resolution}: the {space.SPACE_NAME} space has {', '.join(map(str, space.RESOLUTIONS))}")
     device = latency.Device(opts.target, opts.threads or opts.target.threads, opts.rpc)
     model = latency.load(device)
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to search with
     say(f"latency model: {opts.target.name}, {device.threads} thread(s), fitted on {model.fit_count} measured networks")
     cfg = replace(opts.search, seed=opts.seed)
     hyper: dict[str, Any] = {"tuned": False}

@@ -23,7 +23,7 @@ from ..datasets import Dataset
 from . import mobile_cnn as space
 from .latency import LatencyModel
 from .supernet import ExpectedLatency, SuperNet
-from .train import evaluate, tensors
+from .train import evaluate, tensors, torch_threads
 
 Progress = Callable[[str], None]
 
@@ -65,6 +65,12 @@ def temperature(cfg: SearchConfig, epoch: int) -> float:
 def run_search(data: Dataset, resolution: int, model: LatencyModel, cfg: SearchConfig, budget_ms: float | None,
                progress: Progress | None = None, should_stop: Callable[[int, float], bool] | None = None) -> SearchResult:
     """Search the space on `data` at `resolution`; `should_stop(epoch, val_accuracy)` may end it early (pruning)."""
+    with torch_threads():
+        return _run_search(data, resolution, model, cfg, budget_ms, progress, should_stop)
+
+
+def _run_search(data: Dataset, resolution: int, model: LatencyModel, cfg: SearchConfig, budget_ms: float | None,
+                progress: Progress | None, should_stop: Callable[[int, float], bool] | None) -> SearchResult:
     say = progress or (lambda _m: None)
     torch.manual_seed(cfg.seed)
     c, _, _ = data.shape

@@ -1,0 +1,130 @@
+"""Architecture search end to end through the CLI: the latency model built on this machine through compile +
+bench (cached), evaluated on held-out networks; `pipeline` (search -> train -> export -> compile -> verify ->
+bench -> report); a tighter budget measuring faster; lineage in the manifest, `inspect` and `swap`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_user_error, run_cli
+
+SMALL = ("--epochs", "2", "--train-epochs", "3", "--threads", "1")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A latency model of this machine from 8 measured networks (the smallest the fit accepts)."""
+    root = tmp_path_factory.mktemp("latency-cache")
+    env = {"AUTOGLM_CACHE": str(root)}
+    proc = run_cli("latency-model", "build", "--samples", "8", "--threads", "1", env=env, check=True)
+    return env, root, proc
+
+
+def _model_dir(root: Path) -> Path:
+    (d,) = (root / "latency").glob("host-*")
+    return d
+
+
+def test_latency_model_is_measured_cached_and_evaluated(cache):
+    env, root, first = cache
+    assert "8 networks" in first.stdout and first.stderr.count("latency-model build: ") >= 8
+    d = _model_dir(root)
+    rows = (d / "measurements.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8
+    doc = json.loads((d / "model.json").read_text())
+    assert doc["fit_count"] == 8 and doc["spec_version"] == 1 and all(c >= 0 for c in doc["coef"])
+    assert doc["cache_key_parts"]["tvm"] and doc["cache_key_parts"]["threads"] == 1
+    again = run_cli("latency-model", "build", "--samples", "8", "--threads", "1", env=env, check=True)
+    assert "8 of 8 networks already measured" in again.stderr and "build: 1/" not in again.stderr
+    ev = run_cli("latency-model", "eval", "--holdout", "3", "--threads", "1", env=env, check=True)
+    assert "held-out accuracy on 3 networks" in ev.stdout and "Spearman" in ev.stdout
+    hold = json.loads((d / "model.json").read_text())["holdout_accuracy"]
+    assert hold["architectures"] == 3 and 0 <= hold["within_10pct"] <= 1 and hold["mean_abs_pct_error"] >= 0
+    assert len((d / "measurements.csv").read_text().splitlines()) == 1 + 8 + 3  # held-out nets are not fit on, but cached
+
+
+@pytest.fixture(scope="module")
+def loose(cache, tmp_path_factory):
+    env, _, _ = cache
+    out = tmp_path_factory.mktemp("runs") / "loose"
+    proc = run_cli("pipeline", "--dataset", "digits", "--latency-budget", "1s", "--random", "1", "-o", out, *SMALL,
+                   env=env, check=True, timeout=900)
+    return out, proc
+
+
+def test_pipeline_searches_trains_compiles_verifies_benches_and_reports(loose):
+    out, proc = loose
+    assert "ratio" in proc.stdout and str(out / "report.md") in proc.stdout
+    for stage in ("search: epoch 2/2", "budget check:", "retrain:", "compile:", "random 1/2", "baseline 2/2", "bench:"):
+        assert stage in proc.stderr, stage
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert summary["bench"]["outputs_match"] is True and summary["bench"]["onnxruntime_p50_ms"] > 0
+    assert {c["kind"] for c in summary["candidates"]} == {"random", "baseline"}
+    assert all(c["measured_ms"] > 0 and 0 <= c["test_accuracy"] <= 1 for c in summary["candidates"])
+    assert summary["searched"]["test_accuracy"] > 0.5  # digits, even after 3 epochs
+    report = (out / "report.md").read_text()
+    assert "## Accuracy vs measured latency" in report and "budget check: 1000 ms budget" in report
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((out / "artifact" / "manifest.json").read_text())
+    assert m["verification"]["passed"] is True
+    lin = m["lineage"]
+    assert lin["architecture"] == json.loads((out / "architecture.json").read_text())
+    assert lin["dataset"]["name"] == "digits" and len(lin["dataset"]["sha256"]) == 64
+    assert lin["validation_accuracy"] == summary["searched"]["validation_accuracy"] and lin["latency_model"]["fit_count"] == 8
+    shown = run_cli("inspect", out / "artifact", check=True).stdout
+    assert f"lineage: run {out.resolve()}" in shown and "dataset digits" in shown
+
+
+def test_tighter_budget_picks_a_faster_net_and_tunes_its_hyperparameters(cache, loose, tmp_path):
+    env, _, _ = cache
+    out = tmp_path / "tight"
+    proc = run_cli("search", "--dataset", "digits", "--latency-budget", "20us", "--trials", "2", "-o", out, *SMALL,
+                   env=env, check=True, timeout=900)
+    tight = json.loads((out / "search.json").read_text())
+    wide = json.loads((loose[0] / "search.json").read_text())
+    assert tight["seed"] == wide["seed"]
+    assert tight["measured_ms"] < wide["measured_ms"], (tight["architecture"], wide["architecture"])
+    assert tight["predicted_ms"] < wide["predicted_ms"]
+    assert tight["hyperparameters"]["tuned"] and tight["hyperparameters"]["trials"] == 2 and (out / "study.db").is_file()
+    assert "hyperparameters: 2 trials run" in proc.stderr
+    import optuna
+
+    (study,) = optuna.get_all_study_summaries(f"sqlite:///{out / 'study.db'}")
+    assert study.n_trials == 2  # resuming a killed study: tests/test_study.py
+
+
+def test_swap_refuses_a_less_accurate_version_unless_forced(loose, tmp_path):
+    from compile import compile_model
+    import targets
+    from toolkit import runtime
+
+    out, _ = loose
+    lin = json.loads((out / "artifact" / "manifest.json").read_text())["lineage"]
+    worse = compile_model(out / "model.onnx", targets.load_target("host"), tmp_path / "worse", verify=False,
+                          lineage={**lin, "validation_accuracy": lin["validation_accuracy"] - 0.05}).artifact
+    live = runtime.load(out / "artifact")
+    with pytest.raises(Exception, match="validation accuracy is lower"):
+        live.swap(worse)
+    assert live.path == out / "artifact"
+    live.swap(worse, force=True)
+    assert live.path == worse
+
+
+@pytest.mark.parametrize("args, code, fragments", [
+    (("search", "-o", "{tmp}/r", "--latency-budget", "2parsecs"), 2, ("is not a duration",)),
+    (("search", "-o", "{tmp}/r", "--dataset", "cifar"), 2, ("unknown dataset 'cifar'",)),
+    (("search", "-o", "{tmp}/r", "--space", "tiny-transformer"), 2, ("not built yet",)),
+    (("search", "-o", "{tmp}/r", "--resolution", "10"), 2, ("--resolution 10",)),
+    (("latency-model", "build", "--samples", "3"), 2, ("--samples must be from 8",)),
+    (("latency-model", "build", "--target", "rpi4"), 2, ("does not run natively", "qemu timings are never latency")),
+    (("latency-model", "eval", "--device", "qemu"), 2, ("qemu timings are never latency",)),
+    (("search", "-o", "{tmp}/r", "--threads", "1"), 1, ("no latency model for target host", "autoglm latency-model build")),
+])
+def test_bad_search_input_is_one_line(args, code, fragments, tmp_path):
+    env = {"AUTOGLM_CACHE": str(tmp_path / "empty-cache")}
+    proc = run_cli(*(a.format(tmp=tmp_path) for a in args), env=env)
+    assert_user_error(proc, code, *fragments)
+    assert not (tmp_path / "r").exists()

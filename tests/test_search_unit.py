@@ -1,0 +1,151 @@
+"""The mobile-cnn space, the datasets, the latency model's fit and store, the supernet's expected latency,
+the skip-collapse guard and the budget fit: no compiles (test_search.py runs them end to end)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compile import UsageError
+from toolkit.datasets import Dataset, Split, load_dataset
+from toolkit.search import latency, mobile_cnn as space
+from toolkit.search.search import SearchConfig, count_skips, fit_budget, run_search
+from toolkit.search.supernet import ExpectedLatency, SuperNet
+
+
+def test_architecture_json_builds_the_same_module_every_time(tmp_path):
+    arch = space.sample(3)
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(arch))
+    again = space.load_architecture(path)
+    assert again == arch and space.sample(3) == arch and space.sample(4) != arch
+    a, b = space.MobileCNN(arch), space.MobileCNN(again)
+    assert [(k, v.shape) for k, v in a.state_dict().items()] == [(k, v.shape) for k, v in b.state_dict().items()]
+    out = a.eval()(torch.randn(space.input_shape(arch)))
+    assert out.shape == (1, arch["classes"])
+    skips = sum(blk["op"] == "skip" for s in arch["stages"] for blk in s["blocks"])
+    assert len(list(space.blocks(arch))) == len(space.STAGES) * space.MAX_DEPTH - skips
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda a: a["stages"][0]["blocks"].__setitem__(0, {"op": "skip"}), "cannot be skipped"),
+    (lambda a: a["stages"][1]["blocks"][0].__setitem__("kernel", 4), "stage 1 block 0 kernel is 4"),
+    (lambda a: a["stages"][1]["blocks"][0].__setitem__("kernel", True), "kernel is True"),
+    (lambda a: a["stages"][2].__setitem__("width", 40), "stage 2 width is 40"),
+    (lambda a: a["stages"][0]["blocks"].pop(), "give 3"),
+    (lambda a: a.__setitem__("resolution", 10), "resolution is 10"),
+    (lambda a: a.__setitem__("extra", 1), "unknown architecture field 'extra'"),
+    (lambda a: a.__setitem__("space", "mbconv-v1"), "expected 'mobile-cnn'"),
+])
+def test_bad_architecture_is_one_line(mutate, message):
+    arch = json.loads(json.dumps(space.sample(0)))
+    mutate(arch)
+    with pytest.raises(space.ArchitectureError) as e:
+        space.validate(arch)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_digits_hard_is_deterministic_and_splits_keep_variants_together():
+    a, b = load_dataset("digits-hard"), load_dataset("digits-hard")
+    assert a.sha256 == b.sha256 and a.shape == (1, 16, 16)
+    assert np.array_equal(a.train.x, b.train.x)
+    assert len(a.train.y) + len(a.val.y) + len(a.test.y) == 2 * 1797
+    rows = {s: {x.tobytes() for x in getattr(a, s).x} for s in ("train", "val", "test")}
+    assert not rows["train"] & rows["test"] and not rows["train"] & rows["val"]
+    assert a.train.x.min() >= 0 and a.train.x.max() <= 1
+
+
+def test_npz_dataset_and_its_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    good = tmp_path / "d.npz"
+    np.savez(good, x=rng.random((50, 8, 8), np.float32), y=rng.integers(0, 3, 50))
+    ds = load_dataset(str(good))
+    assert ds.shape == (1, 8, 8) and ds.classes <= 3 and len(ds.train.y) == 30
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((20, 8, 8), np.float32))
+    for name, msg in ((str(bad), "must hold arrays 'x'"), (str(tmp_path / "none.npz"), "does not exist"), ("cifar", "unknown dataset")):
+        with pytest.raises(UsageError, match=msg):
+            load_dataset(name)
+
+
+def _synthetic_model(seed: int = 0) -> tuple[latency.LatencyModel, np.ndarray]:
+    """A model fitted on latencies made from known non-negative costs (exact data: the fit must recover them)."""
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(0.001, 0.05, len(latency.FEATURES))
+    archs = latency.fit_architectures(60)
+    y = [float(latency.network_features(a)[0] @ true) for a in archs]
+    return latency.fit(archs, y, target="t", key="k", threads=1, where="host"), true
+
+
+def test_latency_fit_recovers_known_costs_and_predicts_held_out_networks():
+    model, true = _synthetic_model()
+    hold = latency.holdout_architectures(30, exclude=latency.fit_architectures(60))
+    measured = [float(latency.network_features(a)[0] @ true) for a in hold]
+    acc = latency.accuracy(model, hold, measured)
+    assert acc["within_10pct"] == 1.0 and acc["mean_abs_pct_error"] < 1.0 and acc["spearman"] > 0.99
+    with pytest.raises(latency.LatencyModelError, match="too few"):
+        latency.fit(hold[:3], measured[:3], target="t", key="k", threads=1, where="host")
+
+
+def test_expected_latency_is_exact_for_one_hot_choices():
+    model, _ = _synthetic_model(1)
+    for seed in range(4):
+        arch = space.sample(seed, resolution=12)
+        ops = torch.zeros(len(space.STAGES) * space.MAX_DEPTH, len(space.OPS))
+        widths = []
+        for s, stage in enumerate(arch["stages"]):
+            for j, block in enumerate(stage["blocks"]):
+                ops[s * space.MAX_DEPTH + j, space.op_index(block)] = 1
+            w = torch.zeros(len(space.STAGES[s][0]))
+            w[space.STAGES[s][0].index(stage["width"])] = 1
+            widths.append(w)
+        expected = float(ExpectedLatency(model, 12, 1, 10)(ops, widths))
+        assert expected == pytest.approx(model.predict(arch), rel=1e-5)
+
+
+def test_measurement_store_survives_a_torn_line(tmp_path):
+    store = latency.MeasurementStore(tmp_path)
+    a, b = latency.fit_architectures(2)
+    store.add(a, [0.1, 0.2, 0.3])
+    with open(store.path, "a") as f:
+        f.write('"{""space"": ""mobile-cnn"", ""resol')   # a build killed mid-write
+    store.add(b, [0.4])
+    again = latency.MeasurementStore(tmp_path)
+    assert again.get(a)["p50_ms"] == pytest.approx(0.2) and again.get(b)["p50_ms"] == pytest.approx(0.4)
+    assert len(again.rows) == 2
+
+
+def test_collapse_guard_caps_skip_ops():
+    net = SuperNet(8, 1, 10)
+    with torch.no_grad():
+        net.op_logits[:, space.SKIP] = 5.0  # what a collapsed search ends with
+    unguarded = net.derive(None)
+    assert count_skips(unguarded) == len(space.STAGES) * (space.MAX_DEPTH - 1)
+    assert count_skips(net.derive(2)) == 2
+
+
+def test_search_with_a_heavy_latency_weight_keeps_skips_under_the_cap():
+    model, _ = _synthetic_model(2)
+    full = load_dataset("digits")
+    data = Dataset("digits-subset", *(Split(s.x[:256], s.y[:256]) for s in (full.train, full.val, full.test)), 10)
+    cfg = SearchConfig(epochs=2, warmup=0, latency_weight=200.0, lr_arch=0.2, max_skips=2)
+    res = run_search(data, 8, model, cfg, None)
+    probs = res.supernet.probabilities()[0].detach()
+    skippable = [k for k in range(len(probs)) if k % space.MAX_DEPTH]
+    assert float(probs[skippable, space.SKIP].min()) > 2 / len(space.OPS)  # the penalty pushed towards skips...
+    assert count_skips(res.supernet.derive(None)) > 2                         # ...to a collapse
+    assert count_skips(res.arch) <= 2                                          # ...which the guard capped
+
+
+def test_fit_budget_meets_the_predicted_budget():
+    model, _ = _synthetic_model(3)
+    net = SuperNet(16, 1, 10)
+    big = space.validate({"space": space.SPACE_NAME, "resolution": 16, "in_channels": 1, "classes": 10,
+                          "stages": [{"width": max(w), "blocks": [{"op": "mbconv", "kernel": 7, "expand": 6}] * 3}
+                                     for w, _ in space.STAGES]})
+    budget = 0.5 * model.predict(big)
+    small, moves = fit_budget(big, net, model, budget, max_skips=3)
+    assert model.predict(small) <= budget and moves and count_skips(small) <= 3
