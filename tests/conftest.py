@@ -134,6 +134,7 @@ def wait_for_rpc_servers(port: int, key: str, count: int, timeout: float = 60) -
     from tvm import rpc
 
     deadline = time.monotonic() + timeout
+    _wait_for_tracker(port, timeout)  # connect_tracker retries a refused connection only every 5 s
     while time.monotonic() < deadline:
         try:
             info = rpc.connect_tracker("127.0.0.1", port).summary()
@@ -158,14 +159,19 @@ def _wait_for_tracker(port: int, timeout: float = 60) -> None:
 
 @pytest.fixture
 def rpc_tracker():
-    """A tracker on 127.0.0.1 and a factory for servers registered with it; all killed at the end."""
+    """A tracker on 127.0.0.1 and a factory for servers registered with it; all killed at the end.
+
+    The tracker and the servers start at the same time (each takes seconds to import TVM); `wait_for_rpc_servers`
+    waits for both. A server imports TVM twice (itself, then its serving worker) before it reports to the tracker,
+    which by then listens; were it not, the server would retry 5 s later."""
     procs: list[GroupProcess] = []
     port = free_port()
     procs.append(GroupProcess("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)))
-    _wait_for_tracker(port)  # a server started before its tracker listens retries only every 5 s
 
     def add_server(key: str) -> GroupProcess:
         sport = free_port()
+        while sport == port:  # the tracker may not have bound its port yet
+            sport = free_port()
         proc = GroupProcess("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(sport), "--port-end", str(sport + 1),
                             "--tracker", f"127.0.0.1:{port}", "--key", key)
         procs.append(proc)

@@ -64,7 +64,8 @@ def mlp(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tuned(mlp, tmp_path_factory) -> tuple[Path, dict]:
     db = tmp_path_factory.mktemp("tune") / "db"
-    summary = tune(mlp, "--target", "host", "--trials", "4", "--batch", "2", "--db", db)
+    # 2 trials for 2 kernels: one search round each (each round costs seconds: a search and a cost-model fit)
+    summary = tune(mlp, "--target", "host", "--trials", "2", "--batch", "2", "--db", db)
     return db, summary
 
 
@@ -85,7 +86,7 @@ def test_tune_writes_a_database(tuned):
 def test_second_run_measures_nothing(tuned, mlp):
     db, first = tuned
     before = record_lines(db)
-    s = tune(mlp, "--target", "host", "--trials", "4", "--batch", "2", "--db", db)
+    s = tune(mlp, "--target", "host", "--trials", "2", "--batch", "2", "--db", db)
     assert s["tasks_tuned"] == 0 and s["tasks_reused"] == 2
     assert s["trials_measured"] == 0 and s["default_measurements"] == 0
     assert record_lines(db) == before
@@ -135,7 +136,9 @@ def test_compile_applies_records_without_baselines(tuned, mlp, tmp_path):
 def test_interrupted_run_resumes(tmp_path):
     model = make_mlp(tmp_path / "mlp3.onnx", (32, 96, 48, 24), seed=1)
     db = tmp_path / "db"
-    cmd = [str(AUTOGLM), "tune", str(model), "--trials", "12", "--batch", "2", "--db", str(db), "--quiet"]
+    # 3 trials for 3 kernels: one search round each. The run is killed as soon as its first record is written
+    # (that kernel not marked done, two kernels not started); the resumed run has to finish all three.
+    cmd = [str(AUTOGLM), "tune", str(model), "--trials", "3", "--batch", "2", "--db", str(db), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
@@ -154,7 +157,7 @@ def test_interrupted_run_resumes(tmp_path):
     # a kill in the middle of an append leaves half a line: the next run must cope with it
     with open(db / RECORDS, "a") as f:
         f.write(kept[-1][: len(kept[-1]) // 2])
-    s = tune(model, "--trials", "12", "--batch", "2", "--db", db)
+    s = tune(model, "--trials", "3", "--batch", "2", "--db", db)
     assert s["repaired_lines"] >= 1
     after = record_lines(db)
     for line in kept:
@@ -163,7 +166,7 @@ def test_interrupted_run_resumes(tmp_path):
     assert s["tasks_reused"] + s["tasks_tuned"] == s["tasks_total"] == 3
     assert all(t["status"] in ("reused", "tuned", "resumed") for t in s["tasks"])
     # finished now: a third run measures nothing
-    again = tune(model, "--trials", "12", "--batch", "2", "--db", db)
+    again = tune(model, "--trials", "3", "--batch", "2", "--db", db)
     assert again["trials_measured"] == 0 and again["tasks_reused"] == 3
 
 

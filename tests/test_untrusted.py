@@ -540,65 +540,102 @@ def test_other_outputs_follow_the_umask(host_artifact, tmp_path):
 
 # ---- every indexing kernel stays inside its table, whatever index reaches it ----------------------------
 
-def _indexing_model(path: Path, op: str) -> tuple[Path, dict[str, np.ndarray]]:
-    """`op` on a 4x6 table whose indices are `ids * k`: an index the input check cannot bound (a Mul)."""
+INDEXING_OPS = ["Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND"]
+FAR_K = (10**6, -(10**6))
+
+
+def _indexing_model(path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """Each of INDEXING_OPS on one 4x6 table `x`, its indices `ids_<op> * k`: an index the input check cannot bound
+    (a Mul). One model (one compile) for all five; op `op` writes output `y_<op>` from inputs `ids_<op>` (`u_<op>`)."""
     import onnx
     from onnx import TensorProto as T, helper
 
-    x = helper.make_tensor_value_info("x", T.FLOAT, [4, 6])
-    ids_shape, extra, out_shape = {
-        "Gather": ([3], [], [3, 6]),
-        "GatherElements": ([4, 2], [], [4, 2]),
-        "GatherND": ([3, 2], [], [3]),
-        "ScatterElements": ([4, 2], [("u", [4, 2])], [4, 6]),
-        "ScatterND": ([2, 2], [("u", [2])], [4, 6]),
-    }[op]
-    attrs = {"axis": 1} if op in ("GatherElements", "ScatterElements") else {}
-    nodes = [helper.make_node("Mul", ["ids", "k"], ["i"]),
-             helper.make_node(op, ["x", "i", *[n for n, _ in extra]], ["y"], **attrs)]
-    inputs = [x, helper.make_tensor_value_info("ids", T.INT64, ids_shape), helper.make_tensor_value_info("k", T.INT64, [1]),
-              *[helper.make_tensor_value_info(n, T.FLOAT, s) for n, s in extra]]
-    g = helper.make_graph(nodes, op, inputs, [helper.make_tensor_value_info("y", T.FLOAT, out_shape)])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    nodes = []
+    inputs = [helper.make_tensor_value_info("x", T.FLOAT, [4, 6]), helper.make_tensor_value_info("k", T.INT64, [1])]
+    outputs = []
     rng = np.random.default_rng(0)
-    ids = {"Gather": [-4, 0, 3], "GatherElements": [[-6, 5], [0, 1], [2, -1], [3, 4]],
-           "GatherND": [[-1, 0], [3, -6], [2, 5]], "ScatterElements": [[-1, 0], [5, 2], [1, 3], [4, -6]],
-           "ScatterND": [[-1, 0], [3, -6]]}[op]
-    feed = {"x": rng.standard_normal((4, 6)).astype(np.float32), "ids": np.array(ids, np.int64),
-            "k": np.array([1], np.int64), **{n: np.ones(s, np.float32) for n, s in extra}}
+    feed = {"x": rng.standard_normal((4, 6)).astype(np.float32), "k": np.array([1], np.int64)}
+    for op in INDEXING_OPS:
+        ids_shape, extra, out_shape = {
+            "Gather": ([3], [], [3, 6]),
+            "GatherElements": ([4, 2], [], [4, 2]),
+            "GatherND": ([3, 2], [], [3]),
+            "ScatterElements": ([4, 2], [(f"u_{op}", [4, 2])], [4, 6]),
+            "ScatterND": ([2, 2], [(f"u_{op}", [2])], [4, 6]),
+        }[op]
+        attrs = {"axis": 1} if op in ("GatherElements", "ScatterElements") else {}
+        nodes += [helper.make_node("Mul", [f"ids_{op}", "k"], [f"i_{op}"]),
+                  helper.make_node(op, ["x", f"i_{op}", *[n for n, _ in extra]], [f"y_{op}"], **attrs)]
+        inputs += [helper.make_tensor_value_info(f"ids_{op}", T.INT64, ids_shape),
+                   *[helper.make_tensor_value_info(n, T.FLOAT, s) for n, s in extra]]
+        outputs.append(helper.make_tensor_value_info(f"y_{op}", T.FLOAT, out_shape))
+        ids = {"Gather": [-4, 0, 3], "GatherElements": [[-6, 5], [0, 1], [2, -1], [3, 4]],
+               "GatherND": [[-1, 0], [3, -6], [2, 5]], "ScatterElements": [[-1, 0], [5, 2], [1, 3], [4, -6]],
+               "ScatterND": [[-1, 0], [3, -6]]}[op]
+        feed[f"ids_{op}"] = np.array(ids, np.int64)
+        feed.update({n: np.ones(s, np.float32) for n, s in extra})
+    g = helper.make_graph(nodes, "indexing", inputs, outputs)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path, feed
 
 
-@pytest.mark.parametrize("op", ["Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND"])
-def test_computed_indices_are_clamped_inside_the_table(op, tmp_path, host_runtime):
-    """In range (negative ones too) the kernel matches onnxruntime; far out of range it stays inside the table."""
+@pytest.fixture(scope="module")
+def indexing_runs(host_runtime, tmp_path_factory):
+    """The five-op model compiled once and run by `autoglm run` with k = 1, 10**6 and -10**6, and by the C++ runner
+    with the two far ones; onnxruntime's outputs for k = 1. Each test below checks its own op's output."""
     import onnxruntime as ort
 
     from compile import compile_model
     from targets import load_target
     from toolkit import native
 
-    model, feed = _indexing_model(tmp_path / f"{op}.onnx", op)
-    art = compile_model(model, load_target("host"), tmp_path / "art", verify=False).artifact
-    want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-    np.save(tmp_path / "x.npy", feed["x"])
-    args = [f"{n}={tmp_path / (n + '.npy')}" for n in feed]
+    d = tmp_path_factory.mktemp("indexing")
+    model, feed = _indexing_model(d / "indexing.onnx")
+    art = compile_model(model, load_target("host"), d / "art", verify=False).artifact
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
     for name, arr in feed.items():
-        np.save(tmp_path / f"{name}.npy", arr)
-    proc = run_cli("run", art, *[a for x in args for a in ("--input", x)], "-o", tmp_path / "ok.npz")
-    assert proc.returncode == 0, proc.stderr
-    np.testing.assert_allclose(np.load(tmp_path / "ok.npz")["y"], want, atol=1e-6)
+        np.save(d / f"{name}.npy", arr)
+    args = [a for n in feed for a in ("--input", f"{n}={d / (n + '.npy')}")]
+
+    def cli(out: Path):
+        proc = run_cli("run", art, *args, "-o", out)
+        if proc.returncode != 0:
+            return proc, None
+        with np.load(out) as z:
+            return proc, dict(z)
+
+    runs = {1: cli(d / "ok.npz") + (None,)}
     # k = 10**6 (and -10**6): every index far outside; onnxruntime refuses, ours must neither crash nor read outside
-    for k in (10**6, -(10**6)):
-        np.save(tmp_path / "k.npy", np.array([k], np.int64))
-        proc = run_cli("run", art, *[a for x in args for a in ("--input", x)], "-o", tmp_path / "far.npz")
+    for k in FAR_K:
+        np.save(d / "k.npy", np.array([k], np.int64))
+        try:
+            cpp = native.run_artifact(art, {**feed, "k": np.array([k], np.int64)}, repeat=0,
+                                      runtime_dir=host_runtime).outputs
+        except native.NativeRuntimeError as exc:
+            cpp = exc
+        runs[k] = cli(d / f"far{k}.npz") + (cpp,)
+    return feed, want, runs
+
+
+@pytest.mark.parametrize("op", INDEXING_OPS)
+def test_computed_indices_are_clamped_inside_the_table(op, indexing_runs):
+    """In range (negative ones too) the kernel matches onnxruntime; far out of range it stays inside the table."""
+    feed, want, runs = indexing_runs
+    y = f"y_{op}"
+    proc, outs, _ = runs[1]
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(outs[y], want[y], atol=1e-6)
+    for k in FAR_K:
+        proc, outs, cpp = runs[k]
         assert proc.returncode == 0, proc.stderr
-        got = np.load(tmp_path / "far.npz")["y"]
+        got = outs[y]
         assert np.isfinite(got).all()
         if op.startswith("Gather"):  # clamped to the first or last entry of its axis: values of the table itself
             assert np.isin(got, feed["x"]).all()
-        run = native.run_artifact(art, {**feed, "k": np.array([k], np.int64)}, repeat=0, runtime_dir=host_runtime)
-        np.testing.assert_array_equal(run.outputs["y"], got)
+        if isinstance(cpp, Exception):
+            raise cpp
+        np.testing.assert_array_equal(cpp[y], got)
 
 
 def test_gather_nd_over_equal_axes_records_its_range(tmp_path):
