@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The two set-up commands of the README, on a fresh machine:
-#   bash dev.sh demo   set everything up, then run the main job on this machine
-#                      (export a built-in model, compile it for host, verify it against onnxruntime, run it)
+#   bash dev.sh demo   set everything up, then run the main job on this machine: `autoglm pipeline`
+#                      (latency model, search on digits, train, export, compile for host, verify, bench vs onnxruntime)
 #   bash dev.sh test   set everything up, then run the whole test suite (what CI runs)
-# Anything after the verb is passed on (to `autoglm demo` or to pytest).
+# Anything after the verb is passed on (to `autoglm pipeline` or to pytest).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -54,7 +54,7 @@ case "$verb" in
   demo)
     install_system_packages
     install_python_packages
-    exec .venv/bin/autoglm demo "$@"
+    exec .venv/bin/autoglm pipeline --dataset digits --target host "$@"
     ;;
   test)
     install_system_packages

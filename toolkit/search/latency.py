@@ -280,7 +280,7 @@ def check_device(target: Any, rpc: Any = None) -> None:
                          f"must be measured on the board: pass --device rpc://HOST:PORT (qemu timings are never latency data)")
 
 
-def measure(arch: dict[str, Any], device: Device, workdir: Path, *, repeat: int = 60, warmup: int = 10,
+def measure(arch: dict[str, Any], device: Device, workdir: Path, *, repeat: int = 400, warmup: int = 40,
             seed: int = 0) -> list[float]:
     """Export `arch` (seeded weights), compile it for the device's target and time it with the bench harness."""
     from compile import compile_model
