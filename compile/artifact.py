@@ -797,6 +797,42 @@ def staging_dir(out_dir: Path) -> Iterator[Path]:
     out_dir = Path(os.path.abspath(out_dir))
     check_output_dir(out_dir)
     created: list[Path] = []
+    signals_before = len(_interrupts)
+    partial: Path | None = None
+    redirect, saved = False, (tempfile.tempdir, os.environ.get("TMPDIR"))
+    # An interrupt between creating the parent folders and the build would leave them behind (seen on CI:
+    # SIGINT right after the import line): setup and cleanup are critical sections, and a signal that
+    # arrived during setup is raised after it, inside the `try`, so the cleanup sees it.
+    try:
+        with _critical():
+            partial, lock = _make_staging(out_dir, created)
+            stage, scratch = partial / "artifact", partial / "tmp"
+            stage.mkdir()
+            if REDIRECT_TEMP_FILES:
+                scratch.mkdir()
+                redirect = True
+                tempfile.tempdir = str(scratch)
+                os.environ["TMPDIR"] = str(scratch)
+        if len(_interrupts) > signals_before:
+            raise KeyboardInterrupt
+        yield stage
+    finally:
+        with _critical():
+            if redirect:
+                tempfile.tempdir = saved[0]
+                if saved[1] is None:
+                    os.environ.pop("TMPDIR", None)
+                else:
+                    os.environ["TMPDIR"] = saved[1]
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+                os.close(lock)
+            if not out_dir.is_dir():  # nothing published (the staged artifact was moved there if it was)
+                _remove_empty(created)
+
+
+def _make_staging(out_dir: Path, created: list[Path]) -> tuple[Path, int]:
+    """Create `out_dir`'s missing parents (appended to `created`, deepest first) and a locked staging folder."""
     p = out_dir.parent
     while not p.exists():
         created.append(p)
@@ -816,29 +852,7 @@ def staging_dir(out_dir: Path) -> Iterator[Path]:
             raise UsageError(f"cannot create files in {out_dir.parent} ({exc.strerror}); choose another -o") from None
         lock = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(lock, fcntl.LOCK_EX)  # marks it live for clean_stale of a concurrent compile
-    stage, scratch = partial / "artifact", partial / "tmp"
-    stage.mkdir()
-    redirect = REDIRECT_TEMP_FILES
-    saved = tempfile.tempdir, os.environ.get("TMPDIR")
-    if redirect:
-        scratch.mkdir()
-        tempfile.tempdir = str(scratch)
-        os.environ["TMPDIR"] = str(scratch)
-    try:
-        yield stage
-    finally:
-        if redirect:
-            tempfile.tempdir = saved[0]
-            if saved[1] is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = saved[1]
-        shutil.rmtree(partial, ignore_errors=True)
-        os.close(lock)
-        if not stage.exists() and out_dir.is_dir():
-            pass  # published
-        else:
-            _remove_empty(created)
+    return partial, lock
 
 
 def _remove_empty(dirs: list[Path]) -> None:

@@ -149,6 +149,34 @@ def test_interrupt_swallowed_by_a_library_still_stops_the_publish(host_artifact,
     assert not out.exists() and not leftovers(out)
 
 
+
+
+def test_interrupt_while_the_staging_folder_is_set_up_leaves_nothing(tmp_path, monkeypatch):
+    """A SIGINT that lands after `-o`'s parents are made but before the build starts (CI hit this window once,
+    via test_compile_interrupted) removes the parents and the staging folder again."""
+    from compile import artifact
+
+    out = tmp_path / "new" / "deeper" / "m"
+    real_clean_stale = artifact.clean_stale
+
+    def clean_stale_then_signal(path):  # runs inside the setup, after the parents were created
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_clean_stale(path)
+
+    monkeypatch.setattr(artifact, "clean_stale", clean_stale_then_signal)
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    artifact.install_interrupt_handlers()
+    body_ran = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with artifact.staging_dir(out):
+                body_ran = True
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+        artifact._interrupts.clear()
+    assert not body_ran, "the build must not start after an interrupt"
+    assert not (tmp_path / "new").exists(), "the parent directories created for -o were left behind"
 # ---- concurrent publishers and readers ----------------------------------------------------------------
 
 def test_concurrent_cli_publishers_and_a_reader(convnet_onnx, tmp_path):
