@@ -7,8 +7,10 @@ Runs the real CLI, in order (each step's progress on stderr):
    onnxruntime, random and hand-designed nets trained and measured the same way)
 then prints the Markdown for BENCHMARKS.md from the files they wrote.
 
-    python benchmarks/bench_search.py [--samples 200] [--holdout 100] [--threads 1] [--dataset digits-hard]
-        [--budget 0.15ms] [--resolution 12] [--random 4] [--epochs 8] [--train-epochs 12] [--work runs/bench-search]
+    python benchmarks/bench_search.py [--space mobile-cnn] [--samples 200] [--holdout 100] [--threads 1]
+        [--dataset digits-hard] [--budget 0.15ms] [--resolution 12] [--random 4] [--epochs 8] [--train-epochs 12]
+        [--work runs/bench-search]
+    python benchmarks/bench_search.py --space tiny-transformer --dataset text-recall --resolution 0 --budget 0.1ms
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ def autoglm(*args: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--space", default="mobile-cnn")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--holdout", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dataset", default="digits-hard")
     ap.add_argument("--budget", default="0.15ms")
-    ap.add_argument("--resolution", type=int, default=12)
+    ap.add_argument("--resolution", type=int, default=12, help="mobile-cnn input resolution (0: the dataset's)")
     ap.add_argument("--random", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--train-epochs", type=int, default=12)
@@ -50,22 +53,24 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.monotonic()
     th = ("--threads", str(a.threads))
-    autoglm("latency-model", "build", "--samples", str(a.samples), *th)
-    autoglm("latency-model", "eval", "--holdout", str(a.holdout), *th)
+    sp = ("--space", a.space)
+    autoglm("latency-model", "build", *sp, "--samples", str(a.samples), *th)
+    autoglm("latency-model", "eval", *sp, "--holdout", str(a.holdout), *th)
     if not a.skip_pipeline:
-        autoglm("pipeline", "--dataset", a.dataset, "--latency-budget", a.budget, "--resolution", str(a.resolution),
+        res = ("--resolution", str(a.resolution)) if a.resolution else ()
+        autoglm("pipeline", *sp, "--dataset", a.dataset, "--latency-budget", a.budget, *res,
                 "--random", str(a.random), "--epochs", str(a.epochs), "--train-epochs", str(a.train_epochs), "-o", str(a.work), *th)
     import targets
     from toolkit.bench.sysinfo import cpu_model
     from toolkit.search import latency
 
     dev = latency.Device(targets.load_target("host"), a.threads)
-    doc = json.loads((latency.model_dir(dev)[0] / "model.json").read_text())
+    doc = json.loads((latency.model_dir(dev, a.space)[0] / "model.json").read_text())
     h, f = doc["holdout_accuracy"], doc["fit_accuracy"]
     flags = sorted({"avx2", "avx512f", "avx512_vnni", "fma", "amx_tile"} & set(open("/proc/cpuinfo").read().split()))
     print(f"\n### Latency model ({time.strftime('%Y-%m-%d')}, {cpu_model()}, {', '.join(flags)}, {a.threads} thread(s), "
           f"rev {git_revision()})\n")
-    print(f"Fitted on {doc['fit_count']} random `mobile-cnn` networks measured through compile + bench; held out: "
+    print(f"Fitted on {doc['fit_count']} random `{a.space}` networks measured through compile + bench; held out: "
           f"{h['architectures']} others ({h['measured_ms_range'][0]:.3f}-{h['measured_ms_range'][1]:.3f} ms).\n")
     print("| set | networks | within ±10% | within ±5% | mean abs error | max abs error | Spearman |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import targets
-from compile import Int8Options, compile_model, load_model
+from compile import load_model
 from compile.build import cpu_front_passes
 from compile.schedules import schedule_names, schedule_passes
 from conftest import assert_nothing_written, assert_user_error, have, run_cli

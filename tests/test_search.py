@@ -113,15 +113,40 @@ def test_swap_refuses_a_less_accurate_version_unless_forced(loose, tmp_path):
     assert live.path == worse
 
 
+def test_tiny_transformer_pipeline_on_text_recall(cache, tmp_path):
+    """The second space end to end: its own latency model (measured on first use), search, retrain, compile,
+    verify, bench and report on the bundled text task."""
+    env, root, _ = cache
+    out = tmp_path / "tt"
+    proc = run_cli("pipeline", "--dataset", "text-recall", "--latency-samples", "8", "--random", "1", "-o", out, *SMALL,
+                   env=env, check=True, timeout=900)
+    assert "no tiny-transformer model for host yet" in proc.stderr and "search: tiny-transformer" in proc.stderr
+    assert len(list((root / "latency").glob("host-*"))) == 2  # one model per space, side by side
+    summary = json.loads((out / "pipeline.json").read_text())
+    arch = summary["searched"]["architecture"]
+    assert arch["space"] == "tiny-transformer" and arch["seq_len"] == 24 and arch["vocab"] == 32
+    assert sum(layer["op"] == "skip" for layer in arch["layers"]) <= 2  # the space's collapse cap
+    assert summary["bench"]["outputs_match"] is True
+    m = json.loads((out / "artifact" / "manifest.json").read_text())
+    assert m["verification"]["passed"] is True and m["lineage"]["space"] == "tiny-transformer"
+    assert m["lineage"]["dataset"]["name"] == "text-recall"
+    rows = [ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("| ")]
+    assert len(rows) == 1 + 1 + 2 and all(ln.count("|") == 6 for ln in rows), rows  # searched, random, baseline
+    assert [c["kind"] for c in summary["candidates"]] == ["random", "baseline"]
+
+
 @pytest.mark.parametrize("args, code, fragments", [
     (("search", "-o", "{tmp}/r", "--latency-budget", "2parsecs"), 2, ("is not a duration",)),
     (("search", "-o", "{tmp}/r", "--dataset", "cifar"), 2, ("unknown dataset 'cifar'",)),
-    (("search", "-o", "{tmp}/r", "--space", "tiny-transformer"), 2, ("not built yet",)),
+    (("search", "-o", "{tmp}/r", "--space", "tiny-transformer"), 2, ("takes token sequences", "--space mobile-cnn")),
+    (("search", "-o", "{tmp}/r", "--space", "resnet"), 2, ("--space 'resnet'", "mobile-cnn, tiny-transformer")),
+    (("pipeline", "-o", "{tmp}/r", "--dataset", "text-recall", "--space", "mobile-cnn"), 2, ("takes images",)),
+    (("search", "-o", "{tmp}/r", "--dataset", "text-recall", "--resolution", "16"), 2, ("sequence length (24)",)),
     (("search", "-o", "{tmp}/r", "--resolution", "10"), 2, ("--resolution 10",)),
     (("latency-model", "build", "--samples", "3"), 2, ("--samples must be from 8",)),
     (("latency-model", "build", "--target", "rpi4"), 2, ("does not run natively", "qemu timings are never latency")),
     (("latency-model", "eval", "--device", "qemu"), 2, ("qemu timings are never latency",)),
-    (("search", "-o", "{tmp}/r", "--threads", "1"), 1, ("no latency model for target host", "autoglm latency-model build")),
+    (("search", "-o", "{tmp}/r", "--threads", "1"), 1, ("no mobile-cnn latency model for target host", "autoglm latency-model build")),
 ])
 def test_bad_search_input_is_one_line(args, code, fragments, tmp_path):
     env = {"AUTOGLM_CACHE": str(tmp_path / "empty-cache")}

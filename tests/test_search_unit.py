@@ -11,7 +11,7 @@ import torch
 
 from compile import UsageError
 from toolkit.datasets import Dataset, Split, load_dataset
-from toolkit.search import latency, mobile_cnn as space
+from toolkit.search import latency, mobile_cnn as space, tiny_transformer as tt
 from toolkit.search.search import SearchConfig, count_skips, fit_budget, run_search
 from toolkit.search.supernet import ExpectedLatency, SuperNet
 
@@ -74,7 +74,7 @@ def test_npz_dataset_and_its_errors(tmp_path):
 def _synthetic_model(seed: int = 0) -> tuple[latency.LatencyModel, np.ndarray]:
     """A model fitted on latencies made from known non-negative costs (exact data: the fit must recover them)."""
     rng = np.random.default_rng(seed)
-    true = rng.uniform(0.001, 0.05, len(latency.FEATURES))
+    true = rng.uniform(0.001, 0.05, len(space.FEATURES))
     archs = latency.fit_architectures(60)
     y = [float(latency.network_features(a)[0] @ true) for a in archs]
     return latency.fit(archs, y, target="t", key="k", threads=1, where="host"), true
@@ -149,3 +149,83 @@ def test_fit_budget_meets_the_predicted_budget():
     budget = 0.5 * model.predict(big)
     small, moves = fit_budget(big, net, model, budget, max_skips=3)
     assert model.predict(small) <= budget and moves and count_skips(small) <= 3
+
+
+# ---- tiny-transformer: the same search machinery on the second space -------------------------------------
+
+def _synthetic_transformer_model(seed: int = 0) -> latency.LatencyModel:
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(0.001, 0.05, len(tt.FEATURES))
+    archs = latency.fit_architectures(40, "tiny-transformer")
+    y = [float(latency.network_features(a)[0] @ true) for a in archs]
+    return latency.fit(archs, y, target="t", key="k", threads=1, where="host")
+
+
+def test_transformer_latency_model_and_expected_latency_are_exact_on_one_hot_choices():
+    from toolkit.search.transformer_supernet import ExpectedLatency as TExpected
+
+    model = _synthetic_transformer_model()
+    assert model.space == "tiny-transformer" and len({a["seq_len"] for a in latency.fit_architectures(40, "tiny-transformer")}) > 1
+    for seed in range(6):
+        arch = tt.sample(seed, seq_len=24)
+        ops_idx, widths_idx = tt.choices(arch)
+        assert tt.from_choices({k: arch[k] for k in tt.META}, ops_idx, widths_idx) == arch
+        ops = torch.nn.functional.one_hot(torch.tensor(ops_idx), len(tt.OPS)).float()
+        widths = [torch.nn.functional.one_hot(torch.tensor(widths_idx[0]), len(tt.HIDDEN)).float()]
+        expected = float(TExpected(model, 24, 32, 4)(ops, widths))
+        assert expected == pytest.approx(model.predict(arch), rel=1e-5)
+
+
+def test_transformer_supernet_path_computes_the_derived_network():
+    """With one-hot weights, the supernet's masked path is the TinyTransformer of that architecture (weights sliced)."""
+    from toolkit.search.transformer_supernet import SuperNet as TSuperNet
+
+    torch.manual_seed(0)
+    net = TSuperNet(24, 32, 4).eval()
+    arch = tt.validate({"space": tt.SPACE_NAME, "seq_len": 24, "vocab": 32, "classes": 4, "hidden": 48,
+                        "layers": [{"op": "layer", "heads": 2, "ffn": 128}, {"op": "skip"},
+                                   {"op": "layer", "heads": 4, "ffn": 64}, {"op": "skip"}]})
+    ops_idx, widths_idx = tt.choices(arch)
+    with torch.no_grad():
+        net.op_logits.fill_(0)
+        net.op_logits[torch.arange(len(ops_idx)), torch.tensor(ops_idx)] = 5.0
+        net.width_logits[0].fill_(0)
+        net.width_logits[0][widths_idx[0]] = 5.0
+    assert net.derive(None) == arch
+    small = tt.TinyTransformer(arch).eval()
+    h = arch["hidden"]
+    with torch.no_grad():
+        small.tok.weight.copy_(net.embed.weight[:, :h])
+        small.pos.copy_(net.pos[..., :h])
+        j = 0
+        for k, op in enumerate(arch["layers"]):
+            if op["op"] == "skip":
+                continue
+            s, d, a, f = net.slots[k], small.layers[j], op["heads"] * tt.HEAD_DIM, op["ffn"]
+            for src, dst in ((s.ln1, d.ln1), (s.ln2, d.ln2)):
+                dst.weight.copy_(src.weight[:h]); dst.bias.copy_(src.bias[:h])
+            for src, dst in ((s.q, d.attn.q), (s.k, d.attn.k), (s.v, d.attn.v)):
+                dst.weight.copy_(src.weight[:a, :h]); dst.bias.copy_(src.bias[:a])
+            d.attn.out.weight.copy_(s.out.weight[:h, :a]); d.attn.out.bias.copy_(s.out.bias[:h])
+            d.ff[0].weight.copy_(s.w1.weight[:f, :h]); d.ff[0].bias.copy_(s.w1.bias[:f])
+            d.ff[2].weight.copy_(s.w2.weight[:h, :f]); d.ff[2].bias.copy_(s.w2.bias[:h])
+            j += 1
+        small.norm.weight.copy_(net.norm.weight[:h]); small.norm.bias.copy_(net.norm.bias[:h])
+        small.classifier.weight.copy_(net.classifier.weight[:, :h]); small.classifier.bias.copy_(net.classifier.bias)
+        ids = torch.randint(0, 32, (5, 24))
+        torch.testing.assert_close(net(ids), small(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_transformer_search_and_budget_fit_on_text_recall():
+    from toolkit.search.transformer_supernet import SuperNet as TSuperNet
+
+    data = load_dataset("text-recall")
+    small = Dataset(data.name, Split(data.train.x[:256], data.train.y[:256]), Split(data.val.x[:128], data.val.y[:128]),
+                    data.test, data.classes, data.sha256)
+    model = _synthetic_transformer_model()
+    res = run_search(small, 24, model, SearchConfig(epochs=2, warmup=1, seed=0), budget_ms=None)
+    assert tt.validate(res.arch) == res.arch and res.arch["seq_len"] == 24 and len(res.history) == 2
+    big = tt.baseline(24, 32, 4, 2)
+    budget = 0.6 * model.predict(big)
+    shrunk, moves = fit_budget(big, TSuperNet(24, 32, 4), model, budget, max_skips=3)
+    assert model.predict(shrunk) <= budget and moves and count_skips(shrunk) <= 3

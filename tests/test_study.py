@@ -17,7 +17,6 @@ import pytest
 optuna = pytest.importorskip("optuna", reason="optuna runs the architecture search's study")
 
 from optuna.storages import JournalStorage, RDBStorage  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
 
 from compile import UsageError  # noqa: E402
 from toolkit.search.study import (  # noqa: E402

@@ -11,10 +11,11 @@ import typer
 import targets as targets_mod
 from compile import UsageError
 
-latency_app = typer.Typer(help="A target's latency model for the mobile-cnn space, measured through compile + bench.",
+latency_app = typer.Typer(help="A target's latency model for a search space, measured through compile + bench.",
                           no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
-SpaceOpt = Annotated[str, typer.Option("--space", help="Search space (mobile-cnn).")]
+SpaceOpt = Annotated[str, typer.Option("--space", help="Search space: mobile-cnn or tiny-transformer.")]
+SearchSpaceOpt = Annotated[Optional[str], typer.Option("--space", help="Search space: mobile-cnn or tiny-transformer (default: by the dataset: images or text).")]
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target name (see `autoglm targets`).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="Threads to measure with (default: the target's).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="rpc://HOST:PORT/KEY: a board behind a TVM RPC tracker (default: this machine).")]
@@ -25,11 +26,11 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _check_space(name: str) -> None:
-    from toolkit.search import mobile_cnn
+def _check_space(name: str | None) -> None:
+    from toolkit.search import spaces
 
-    if name != mobile_cnn.SPACE_NAME:
-        raise UsageError(f"--space {name!r}: this toolkit searches {mobile_cnn.SPACE_NAME!r} (tiny-transformer is not built yet)")
+    if name is not None and name not in spaces.NAMES:
+        raise UsageError(f"--space {name!r}: choose one of {', '.join(spaces.NAMES)}")
 
 
 def _device(target: str, threads: int | None, device: str | None, targets_dir: Path | None):
@@ -61,9 +62,9 @@ def build_cmd(space: SpaceOpt = "mobile-cnn", target: TargetOpt = "host",
     if not 8 <= samples <= 100_000:
         raise UsageError("--samples must be from 8 to 100000")
     dev = _device(target, threads, device, targets_dir)
-    model, directory = latency.build(dev, samples, _say)
+    model, directory = latency.build(dev, samples, _say, space)
     a = model.info["fit_accuracy"]
-    print(f"latency model for {dev.target.name} ({dev.threads} thread(s), {dev.where}): {model.fit_count} networks, "
+    print(f"{space} latency model for {dev.target.name} ({dev.threads} thread(s), {dev.where}): {model.fit_count} networks, "
           f"fit: {100 * a['within_10pct']:.0f}% within ±10%, mean abs error {a['mean_abs_pct_error']:.1f}%, "
           f"Spearman {a['spearman']:.3f}")
     print(f"  {directory / 'model.json'}  (measurements: {directory / 'measurements.csv'})")
@@ -80,15 +81,15 @@ def eval_cmd(space: SpaceOpt = "mobile-cnn", target: TargetOpt = "host",
     if not 3 <= holdout <= 100_000:
         raise UsageError("--holdout must be from 3 to 100000")
     dev = _device(target, threads, device, targets_dir)
-    report, model, _ = latency.evaluate(dev, holdout, _say)
+    report, model, _ = latency.evaluate(dev, holdout, _say, space)
     print(f"held-out accuracy on {report['architectures']} networks ({dev.target.name}, {dev.threads} thread(s), model fitted on "
           f"{model.fit_count}): {100 * report['within_10pct']:.1f}% within ±10%, {100 * report['within_5pct']:.1f}% within ±5%, "
           f"mean abs error {report['mean_abs_pct_error']:.1f}% (max {report['max_abs_pct_error']:.1f}%), Spearman {report['spearman']:.3f}")
 
 
-def _options(dataset: str, target: str, output: Path, budget: str | None, resolution: int | None, threads: int | None,
-             device: str | None, epochs: int, train_epochs: int, seed: int, trials: int, storage: str | None, workers: int,
-             max_skips: int, latency_weight: float, targets_dir: Path | None):
+def _options(dataset: str, space: str | None, target: str, output: Path, budget: str | None, resolution: int | None,
+             threads: int | None, device: str | None, epochs: int, train_epochs: int, seed: int, trials: int, storage: str | None,
+             workers: int, max_skips: int | None, latency_weight: float, targets_dir: Path | None):
     from toolkit.search.run import RunOptions, parse_budget
     from toolkit.search.search import SearchConfig
     from toolkit.search.train import TrainConfig
@@ -97,81 +98,82 @@ def _options(dataset: str, target: str, output: Path, budget: str | None, resolu
     for flag, v, lo in (("--epochs", epochs, 1), ("--train-epochs", train_epochs, 1), ("--workers", workers, 1)):
         if v < lo:
             raise UsageError(f"{flag} must be >= {lo}")
-    if trials < 0 or max_skips < -1 or not latency_weight >= 0:
+    if trials < 0 or (max_skips is not None and max_skips < -1) or not latency_weight >= 0:
         raise UsageError("--trials and --latency-weight must be >= 0; --max-skips >= 0 (-1: no guard)")
     if not 0 <= seed < 2 ** 31:
         raise UsageError(f"--seed {seed} is out of range; give an integer from 0 to 2**31-1")
     if output.exists() and not output.is_dir():
         raise UsageError(f"-o {output} is a file; give a directory for the run")
-    from toolkit.search import mobile_cnn
-
-    if resolution is not None and resolution not in mobile_cnn.RESOLUTIONS:
-        raise UsageError(f"--resolution {resolution}: the space has {', '.join(map(str, mobile_cnn.RESOLUTIONS))}")
+    _check_space(space)
     dev = _device(target, threads, device, targets_dir)
     from toolkit.datasets import load_dataset
+    from toolkit.search import spaces
 
-    load_dataset(dataset)  # a bad dataset fails before anything is measured
+    data = load_dataset(dataset)  # a bad dataset (or one the space cannot take) fails before anything is measured
+    sp = spaces.get(space or spaces.for_data(data))
+    sp.check_data(data, resolution if resolution is not None else sp.default_size(data))
+    if max_skips is None:
+        max_skips = sp.DEFAULT_MAX_SKIPS
     warmup = min(2, max(epochs - 1, 0))
-    return RunOptions(dataset=dataset, target=dev.target, output=output, budget_ms=budget_ms, resolution=resolution,
+    return RunOptions(dataset=dataset, space=sp.SPACE_NAME, target=dev.target, output=output, budget_ms=budget_ms, resolution=resolution,
                       threads=dev.threads, rpc=dev.rpc, seed=seed, trials=trials, storage=storage, workers=workers,
                       search=SearchConfig(epochs=epochs, warmup=warmup, latency_weight=latency_weight,
                                           max_skips=None if max_skips < 0 else max_skips),
                       train=TrainConfig(epochs=train_epochs))
 
 
-Dataset = Annotated[str, typer.Option("--dataset", help="digits, digits-hard, or a .npz file with x [N,C,H,W] and y [N].")]
+Dataset = Annotated[str, typer.Option("--dataset", help="digits, digits-hard, text-recall, or a .npz file with x ([N,C,H,W] images or [N,L] token ids) and y [N].")]
 Budget = Annotated[Optional[str], typer.Option("--latency-budget", help="Latency budget on the target, e.g. 2ms or 500us.")]
-Resolution = Annotated[Optional[int], typer.Option("--resolution", help="Input resolution (default: the dataset's).")]
+Resolution = Annotated[Optional[int], typer.Option("--resolution", help="Input resolution of mobile-cnn (default: the dataset's).")]
 Epochs = Annotated[int, typer.Option("--epochs", help="Supernet search epochs.")]
 TrainEpochs = Annotated[int, typer.Option("--train-epochs", help="Retraining epochs (early stopping on validation loss).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the search, the splits' shuffling and the training.")]
 Trials = Annotated[int, typer.Option("--trials", help="Optuna trials tuning the search's hyperparameters (0: defaults).")]
 Storage = Annotated[Optional[str], typer.Option("--storage", help="Optuna storage: a database URL or a .journal file (default: in the run directory).")]
 Workers = Annotated[int, typer.Option("--workers", help="Parallel trial processes (journal or server storage).")]
-MaxSkips = Annotated[int, typer.Option("--max-skips", help="Cap on skip ops in the derived net (-1: no collapse guard).")]
+MaxSkips = Annotated[Optional[int], typer.Option("--max-skips", help="Cap on skip ops in the derived net (-1: no collapse guard; default: the space's, mobile-cnn 3 of 6, tiny-transformer 2 of 3).")]
 Lambda = Annotated[float, typer.Option("--latency-weight", help="lambda of the latency term in the architecture loss.")]
 
 
 def search_cmd(output: Annotated[Path, typer.Option("-o", "--output", help="Run directory.")], dataset: Dataset = "digits",
-               space: SpaceOpt = "mobile-cnn", target: TargetOpt = "host", latency_budget: Budget = None,
+               space: SearchSpaceOpt = None, target: TargetOpt = "host", latency_budget: Budget = None,
                resolution: Resolution = None, epochs: Epochs = 10, train_epochs: TrainEpochs = 40, seed: Seed = 0,
-               trials: Trials = 0, storage: Storage = None, workers: Workers = 1, max_skips: MaxSkips = 3,
+               trials: Trials = 0, storage: Storage = None, workers: Workers = 1, max_skips: MaxSkips = None,
                latency_weight: Lambda = 2.0, threads: ThreadsOpt = None, device: DeviceOpt = None,
                targets_dir: TargetsDir = None) -> None:
     """Search an architecture on the target's latency model, retrain it distilled, export, compile and verify it."""
-    from toolkit.search import mobile_cnn
+    from toolkit.search import spaces
     from toolkit.search.run import search_and_train
 
-    _check_space(space)
-    opts = _options(dataset, target, output, latency_budget, resolution, threads, device, epochs, train_epochs, seed, trials,
+    opts = _options(dataset, space, target, output, latency_budget, resolution, threads, device, epochs, train_epochs, seed, trials,
                     storage, workers, max_skips, latency_weight, targets_dir)
     s = search_and_train(opts, _say)
-    print(f"searched {mobile_cnn.describe(s['architecture'])}: val accuracy {100 * s['validation_accuracy']:.1f}%, test "
+    print(f"searched {spaces.of(s['architecture']).describe(s['architecture'])}: val accuracy {100 * s['validation_accuracy']:.1f}%, test "
           f"{100 * s['test_accuracy']:.1f}%, predicted {s['predicted_ms']:.3f} ms, measured {s['measured_ms']:.3f} ms"
           + (f" (budget {s['latency_budget_ms']:g} ms)" if s["latency_budget_ms"] else ""))
     print(f"  artifact: {s['artifact']}  (verified: {s['verification'].get('passed')})")
 
 
-def pipeline_cmd(dataset: Dataset = "digits", target: TargetOpt = "host", latency_budget: Budget = None,
+def pipeline_cmd(dataset: Dataset = "digits", space: SearchSpaceOpt = None, target: TargetOpt = "host", latency_budget: Budget = None,
                  output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run directory (default runs/DATASET-TARGET).")] = None,
                  resolution: Resolution = None, epochs: Epochs = 10, train_epochs: TrainEpochs = 40, seed: Seed = 0,
-                 trials: Trials = 0, storage: Storage = None, workers: Workers = 1, max_skips: MaxSkips = 3,
+                 trials: Trials = 0, storage: Storage = None, workers: Workers = 1, max_skips: MaxSkips = None,
                  latency_weight: Lambda = 2.0,
                  random: Annotated[int, typer.Option("--random", help="Random architectures to train and measure for the report.")] = 4,
                  latency_samples: Annotated[int, typer.Option("--latency-samples", help="Networks to measure when the target has no latency model yet.")] = 60,
                  threads: ThreadsOpt = None, device: DeviceOpt = None, targets_dir: TargetsDir = None) -> None:
     """The main job: latency model -> search -> train -> export -> compile -> verify -> bench vs onnxruntime -> report."""
-    from toolkit.search import mobile_cnn
+    from toolkit.search import spaces
     from toolkit.search.pipeline import run_pipeline
 
     if random < 0 or not 8 <= latency_samples <= 100_000:
         raise UsageError("--random must be >= 0 and --latency-samples from 8 to 100000")
     output = output or Path("runs") / f"{Path(dataset).stem}-{target}"
-    opts = _options(dataset, target, output, latency_budget, resolution, threads, device, epochs, train_epochs, seed, trials,
+    opts = _options(dataset, space, target, output, latency_budget, resolution, threads, device, epochs, train_epochs, seed, trials,
                     storage, workers, max_skips, latency_weight, targets_dir)
     s = run_pipeline(opts, random_count=random, latency_samples=latency_samples, progress=_say)
     se, b = s["searched"], s["bench"]
-    print(f"searched {mobile_cnn.describe(se['architecture'])}")
+    print(f"searched {spaces.of(se['architecture']).describe(se['architecture'])}")
     print(f"  test accuracy {100 * se['test_accuracy']:.1f}%  latency {b['toolkit_p50_ms']:.3f} ms vs onnxruntime "
           f"{b['onnxruntime_p50_ms']:.3f} ms (ratio {b['ratio']:.2f}x, {b['threads']} thread(s))"
           + (f"  budget {se['latency_budget_ms']:g} ms" if se["latency_budget_ms"] else ""))

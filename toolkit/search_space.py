@@ -103,16 +103,20 @@ def sample(seed: int) -> dict[str, Any]:
     return {"space": SPACE_NAME, "resolution": rng.choice(RESOLUTIONS), "width": rng.choice(WIDTHS), "stages": stages}
 
 
-def load_architecture(path: str | Path) -> dict[str, Any]:
-    """Read and validate an architecture JSON file."""
+def read_architecture_json(path: str | Path, error: type[Exception]) -> Any:
+    """The (not yet validated) JSON document of an architecture file; `error` with one line if it cannot be read."""
     path = Path(path)
     if not path.is_file():
-        raise ArchitectureError(f"architecture file {path} does not exist")
+        raise error(f"architecture file {path} does not exist")
     try:
-        arch = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArchitectureError(f"{path} is not valid JSON ({e}); write the architecture as a JSON object") from None
-    return validate(arch)
+        raise error(f"{path} is not valid JSON ({' '.join(str(e).split())}); write the architecture as a JSON object") from None
+
+
+def load_architecture(path: str | Path) -> dict[str, Any]:
+    """Read and validate an architecture JSON file."""
+    return validate(read_architecture_json(path, ArchitectureError))
 
 
 def _channels(c: int, width: float) -> int:

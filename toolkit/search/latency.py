@@ -1,4 +1,4 @@
-"""A target's latency model for the mobile-cnn space, built from networks compiled and benchmarked on it.
+"""A target's latency model for a search space, built from networks compiled and benchmarked on it.
 
 Each measurement is a whole random network of the space exported, compiled for the target (the same
 fusion and schedules a user's model gets) and timed with `autoglm bench`'s harness on the device: the
@@ -7,14 +7,15 @@ native runner on this machine, or a board over RPC, never qemu (emulated aarch64
 The model has two parts, both refit from the measurements whenever it is loaded (nothing is pickled):
 1. a per-kernel table, fitted on the networks measured whole (so every cost is "in context": with the
    fusion, layouts and caches of a real network): for the kinds of kernel the compiler emits for the
-   space (1x1 convs, depthwise convs, the stem, the head) a cost per multiply-accumulate, per element
-   moved and per kernel, fitted with non-negative least squares on relative error. A block's latency is
-   the sum of its kernels' costs.
+   space (mobile-cnn: 1x1 convs, depthwise convs, the stem, the head; tiny-transformer: dense layers,
+   attention, normalisation) a cost per multiply-accumulate, per element moved and per kernel (the space's
+   `FEATURES`), fitted with non-negative least squares on relative error. A block's latency is the sum of
+   its kernels' costs.
 2. a correction for whole networks, measured ~ a * table sum + b * blocks + c (non-negative least
    squares, weighted the same way): what per-kernel costs miss about a network as a whole.
 Both are linear in the blocks, so a supernet's expected latency over its choices is exact.
 
-Measurements are cached per target, TVM version, schedule sources and thread count
+Measurements are cached per space, target, TVM version, schedule sources and thread count
 (`~/.cache/autoglm/latency/<target>-<key>/measurements.csv`), so a second build measures nothing new.
 """
 
@@ -38,14 +39,12 @@ import numpy as np
 
 from compile import AutoglmError, UsageError
 
-from . import mobile_cnn as space
+from . import spaces
 
 SPEC_VERSION = 1
-FIT_SEEDS = range(0, 1_000_000)            # architectures a model is fitted on: sample(seed) for these seeds
-HOLDOUT_SEED0 = 1_000_000                  # held-out architectures: sample(HOLDOUT_SEED0 + i), never fitted on
-# per kernel kind: millions of multiply-accumulates, millions of elements read + written, and a count
-# (depthwise convs are bound by the elements, 1x1 convs by the MACs, small kernels by the count)
-FEATURES = ("pw.mmac", "pw.melem", "pw.n", "dw.mmac", "dw.melem", "dw.n", "stem.mmac", "head.mmac", "const")
+FIT_SEEDS = range(0, 1_000_000)            # architectures a model is fitted on: latency_sample(seed) for these seeds
+HOLDOUT_SEED0 = 1_000_000                  # held-out architectures: latency_sample(HOLDOUT_SEED0 + i), never fitted on
+DEFAULT_SPACE = "mobile-cnn"
 CSV_FIELDS = ("arch", "p50_ms", "p10_ms", "p90_ms", "iterations", "measured_utc")
 Progress = Callable[[str], None]
 
@@ -56,38 +55,17 @@ class LatencyModelError(AutoglmError):
 
 # ---------------------------------------------------------------------------------------------- features
 
-def block_features(b: dict[str, Any]) -> dict[str, float]:
-    """The kernels of one MBConv block (shapes from `space.blocks`): 1x1 expansion (unless expand is 1),
-    depthwise, 1x1 projection."""
-    hidden = b["cin"] * b["expand"]
-    size, out = b["size"], (b["size"] + b["stride"] - 1) // b["stride"]
-    f = {"pw.mmac": out * out * hidden * b["cout"] / 1e6, "pw.melem": out * out * (hidden + b["cout"]) / 1e6, "pw.n": 1.0,
-         "dw.mmac": out * out * hidden * b["kernel"] ** 2 / 1e6, "dw.melem": (size * size + out * out) * hidden / 1e6, "dw.n": 1.0}
-    if b["expand"] != 1:
-        f["pw.mmac"] += size * size * b["cin"] * hidden / 1e6
-        f["pw.melem"] += size * size * (b["cin"] + hidden) / 1e6
-        f["pw.n"] += 1
-    return f
-
-
-def fixed_features(arch: dict[str, Any]) -> dict[str, float]:
-    """The kernels every network has: the stem conv and the 1x1 head (+ pooling and classifier)."""
-    r = arch["resolution"]
-    c, size = space.final_shape(arch)
-    return {"stem.mmac": r * r * arch["in_channels"] * space.STEM * 9 / 1e6,
-            "head.mmac": (size * size * c * space.HEAD + space.HEAD * arch["classes"]) / 1e6, "const": 1.0}
-
-
-def vector(f: dict[str, float]) -> np.ndarray:
-    return np.array([f.get(name, 0.0) for name in FEATURES])
+def vector(f: dict[str, float], names: tuple[str, ...]) -> np.ndarray:
+    return np.array([f.get(name, 0.0) for name in names])
 
 
 def network_features(arch: dict[str, Any]) -> tuple[np.ndarray, int]:
-    """(the feature vector of the whole network, its number of blocks)."""
-    total = vector(fixed_features(arch))
+    """(the feature vector of the whole network under its space's FEATURES, its number of blocks)."""
+    space = spaces.of(arch)
+    total = vector(space.fixed_features(arch), space.FEATURES)
     n = 0
     for b in space.blocks(arch):
-        total += vector(block_features(b))
+        total += vector(space.block_features(b), space.FEATURES)
         n += 1
     return total, n
 
@@ -107,6 +85,7 @@ class LatencyModel:
     fit_count: int
     cpu: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    space: str = DEFAULT_SPACE
 
     def table_ms(self, f: np.ndarray) -> float:
         return float(f @ self.coef)
@@ -114,12 +93,14 @@ class LatencyModel:
     def block_ms(self, b: dict[str, Any]) -> float:
         """A block's latency contribution (table cost, corrected): what the supernet's expectation sums."""
         a, per_block, _ = self.correction
-        return a * self.table_ms(vector(block_features(b))) + per_block
+        sp = spaces.get(self.space)
+        return a * self.table_ms(vector(sp.block_features(b), sp.FEATURES)) + per_block
 
     def fixed_ms(self, arch: dict[str, Any]) -> float:
         """The latency of what every network has (stem, head, the correction's constant)."""
         a, _, c = self.correction
-        return a * self.table_ms(vector(fixed_features(arch))) + c
+        sp = spaces.get(self.space)
+        return a * self.table_ms(vector(sp.fixed_features(arch), sp.FEATURES)) + c
 
     def predict(self, arch: dict[str, Any]) -> float:
         """Predicted latency of an architecture in milliseconds."""
@@ -128,9 +109,9 @@ class LatencyModel:
         return a * self.table_ms(f) + b * n + c
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec_version": SPEC_VERSION, "space": space.SPACE_NAME, "target": self.target, "key": self.key,
+        return {"spec_version": SPEC_VERSION, "space": self.space, "target": self.target, "key": self.key,
                 "threads": self.threads, "where": self.where, "cpu": self.cpu, "fit_count": self.fit_count,
-                "features": list(FEATURES), "coef": [float(x) for x in self.coef],
+                "features": list(spaces.get(self.space).FEATURES), "coef": [float(x) for x in self.coef],
                 "correction": list(self.correction), **self.info}
 
 
@@ -144,7 +125,8 @@ def fit(archs: list[dict[str, Any]], latencies_ms: list[float], **meta: Any) -> 
     coef = _nnls_relative(x, y)
     blocks = np.array([n for _, n in feats], float)
     a, b, c = _nnls_relative(np.stack([x @ coef, blocks, np.ones_like(y)], 1), y)
-    return LatencyModel(coef=coef, correction=(float(a), float(b), float(c)), fit_count=len(archs), **meta)
+    return LatencyModel(coef=coef, correction=(float(a), float(b), float(c)), fit_count=len(archs),
+                        space=archs[0]["space"], **meta)
 
 
 def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -181,11 +163,11 @@ def _schedule_sources_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(target: Any, threads: int, where: str) -> tuple[str, dict[str, Any]]:
+def cache_key(target: Any, threads: int, where: str, space: str = DEFAULT_SPACE) -> tuple[str, dict[str, Any]]:
     """The key measurements are cached under, and what went into it."""
     import tvm
 
-    parts = {"space": space.SPACE_NAME, "spec": SPEC_VERSION, "target": target.name, "tvm_target": target.tvm,
+    parts = {"space": space, "spec": SPEC_VERSION, "target": target.name, "tvm_target": target.tvm,
              "tvm": tvm.__version__, "schedules": _schedule_sources_digest(), "threads": threads, "where": where}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], parts
 
@@ -198,8 +180,9 @@ class MeasurementStore:
     """Append-only CSV of measured networks: one fsynced line per measurement, so an interrupted build keeps
     every finished measurement and a torn last line is ignored."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, space: str = DEFAULT_SPACE):
         self.dir = directory
+        self.space = spaces.get(space)
         self.path = directory / "measurements.csv"
         self.rows: dict[str, dict[str, Any]] = {}
         if self.path.exists():
@@ -214,7 +197,7 @@ class MeasurementStore:
             # line by line: an unterminated quote in a torn line must not swallow the lines after it
             try:
                 row = dict(zip(CSV_FIELDS, next(csv.reader([line]), []), strict=True))
-                arch = space.validate(json.loads(row["arch"]))
+                arch = self.space.validate(json.loads(row["arch"]))
                 rec = {"arch": arch, "p50_ms": float(row["p50_ms"]), "p10_ms": float(row["p10_ms"]),
                        "p90_ms": float(row["p90_ms"]), "iterations": int(row["iterations"]), "measured_utc": row["measured_utc"]}
             except (TypeError, ValueError, KeyError, csv.Error, AutoglmError):
@@ -283,17 +266,18 @@ def check_device(target: Any, rpc: Any = None) -> None:
 def measure(arch: dict[str, Any], device: Device, workdir: Path, *, repeat: int = 400, warmup: int = 40,
             seed: int = 0) -> list[float]:
     """Export `arch` (seeded weights), compile it for the device's target and time it with the bench harness."""
+    import torch
+
     from compile import compile_model
     from toolkit import models
     from toolkit.bench.config import BenchConfig
     from toolkit.bench.harness import run_bench
     from toolkit.export import export_onnx
 
-    import torch
-
+    space = spaces.of(arch)
     with torch.no_grad():
-        module = models.with_weights(lambda: space.MobileCNN(arch), seed)
-        example = torch.randn(space.input_shape(arch))
+        module = models.with_weights(lambda: space.build_module(arch), seed)
+        example = space.example_input(arch, seed)
     onnx_path = export_onnx(module, example, workdir / "net.onnx")
     art = workdir / "net-artifact"
     if art.exists():
@@ -324,20 +308,21 @@ def measure_all(archs: Iterable[dict[str, Any]], device: Device, store: Measurem
         for i, arch in enumerate(todo, 1):
             rec = store.add(arch, measure(arch, device, Path(tmp)))
             eta = (time.monotonic() - t0) / i * (len(todo) - i)
-            say(f"{label}: {i}/{len(todo)} {space.describe(arch)}: {rec['p50_ms']:.3f} ms (p50), ~{eta:.0f} s left")
+            say(f"{label}: {i}/{len(todo)} {spaces.of(arch).describe(arch)}: {rec['p50_ms']:.3f} ms (p50), ~{eta:.0f} s left")
     return [store.get(a) for a in archs]  # type: ignore[misc]
 
 
-def fit_architectures(samples: int, resolution: int | None = None, in_channels: int = 1, classes: int = 10) -> list[dict[str, Any]]:
+def fit_architectures(samples: int, space: str = DEFAULT_SPACE) -> list[dict[str, Any]]:
     """The architectures a model is fitted on: the first `samples` distinct random members of the space."""
-    return _distinct((space.sample(s, resolution, in_channels, classes) for s in FIT_SEEDS), samples)
+    sp = spaces.get(space)
+    return _distinct((sp.latency_sample(s) for s in FIT_SEEDS), samples)
 
 
-def holdout_architectures(count: int, resolution: int | None = None, in_channels: int = 1, classes: int = 10,
-                          exclude: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+def holdout_architectures(count: int, space: str = DEFAULT_SPACE, exclude: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Held-out random architectures (other seeds, and none that the model was fitted on)."""
+    sp = spaces.get(space)
     skip = {arch_key(a) for a in exclude}
-    gen = (space.sample(HOLDOUT_SEED0 + s, resolution, in_channels, classes) for s in range(10 ** 6))
+    gen = (sp.latency_sample(HOLDOUT_SEED0 + s) for s in range(10 ** 6))
     return _distinct((a for a in gen if arch_key(a) not in skip), count)
 
 
@@ -353,18 +338,18 @@ def _distinct(gen: Iterable[dict[str, Any]], count: int) -> list[dict[str, Any]]
     return out
 
 
-def model_dir(device: Device) -> tuple[Path, str, dict[str, Any]]:
-    key, parts = cache_key(device.target, device.threads, device.where)
+def model_dir(device: Device, space: str = DEFAULT_SPACE) -> tuple[Path, str, dict[str, Any]]:
+    key, parts = cache_key(device.target, device.threads, device.where, space)
     return cache_root() / f"{device.target.name}-{key}", key, parts
 
 
-def build(device: Device, samples: int, progress: Progress | None = None) -> tuple[LatencyModel, Path]:
+def build(device: Device, samples: int, progress: Progress | None = None, space: str = DEFAULT_SPACE) -> tuple[LatencyModel, Path]:
     """Measure (what the cache lacks) `samples` random networks on the device, fit, and write model.json."""
     from toolkit.bench.sysinfo import cpu_model
 
-    directory, key, parts = model_dir(device)
-    store = MeasurementStore(directory)
-    archs = fit_architectures(samples)
+    directory, key, parts = model_dir(device, space)
+    store = MeasurementStore(directory, space)
+    archs = fit_architectures(samples, space)
     recs = measure_all(archs, device, store, progress, "latency-model build")
     model = fit(archs, [r["p50_ms"] for r in recs], target=device.target.name, key=key, threads=device.threads,
                 where=device.where, cpu=cpu_model() if device.rpc is None else "", info={"cache_key_parts": parts})
@@ -373,13 +358,14 @@ def build(device: Device, samples: int, progress: Progress | None = None) -> tup
     return model, directory
 
 
-def load(device: Device) -> LatencyModel:
+def load(device: Device, space: str = DEFAULT_SPACE) -> LatencyModel:
     """The cached model of a device, refit from its measurements (the JSON says how many were used)."""
-    directory, key, parts = model_dir(device)
+    directory, key, parts = model_dir(device, space)
     path = directory / "model.json"
     if not path.is_file():
-        raise LatencyModelError(f"no latency model for target {device.target.name} ({device.threads} threads, {device.where}) with "
-                                f"this TVM and these schedules; run `autoglm latency-model build --target {device.target.name}` first")
+        raise LatencyModelError(f"no {space} latency model for target {device.target.name} ({device.threads} threads, {device.where}) "
+                                f"with this TVM and these schedules; run `autoglm latency-model build --space {space} "
+                                f"--target {device.target.name}` first")
     try:
         doc = json.loads(path.read_text())
         count = int(doc["fit_count"])
@@ -387,24 +373,25 @@ def load(device: Device) -> LatencyModel:
             raise ValueError("spec or key differs")
     except (ValueError, KeyError, TypeError) as e:
         raise LatencyModelError(f"{path} is not a latency model of this version ({e}); rebuild it with `autoglm latency-model build`") from None
-    store = MeasurementStore(directory)
-    archs = fit_architectures(count)
+    store = MeasurementStore(directory, space)
+    archs = fit_architectures(count, space)
     recs = [store.get(a) for a in archs]
     if any(r is None for r in recs):
         raise LatencyModelError(f"{directory / 'measurements.csv'} lacks measurements the model was fitted on; rebuild it with "
-                                f"`autoglm latency-model build --target {device.target.name}`")
+                                f"`autoglm latency-model build --space {space} --target {device.target.name}`")
     model = fit(archs, [r["p50_ms"] for r in recs], target=device.target.name, key=key, threads=device.threads,  # type: ignore[index]
                 where=device.where, cpu=doc.get("cpu", ""), info={"cache_key_parts": parts})
     model.info["fit_accuracy"] = doc.get("fit_accuracy")
     return model
 
 
-def evaluate(device: Device, holdout: int, progress: Progress | None = None) -> tuple[dict[str, Any], LatencyModel, list]:
+def evaluate(device: Device, holdout: int, progress: Progress | None = None,
+             space: str = DEFAULT_SPACE) -> tuple[dict[str, Any], LatencyModel, list]:
     """Measure `holdout` held-out random networks (cached) and compare them with the model's predictions."""
-    model = load(device)
-    directory, _, _ = model_dir(device)
-    store = MeasurementStore(directory)
-    archs = holdout_architectures(holdout, exclude=fit_architectures(model.fit_count))
+    model = load(device, space)
+    directory, _, _ = model_dir(device, space)
+    store = MeasurementStore(directory, space)
+    archs = holdout_architectures(holdout, space, exclude=fit_architectures(model.fit_count, space))
     recs = measure_all(archs, device, store, progress, "latency-model eval")
     measured = [r["p50_ms"] for r in recs]
     report = accuracy(model, archs, measured)

@@ -13,17 +13,18 @@ The input resolution is a choice too: data are resized to it (`toolkit.datasets.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 from compile import UsageError
 
 from ..blocks import MBConv, conv_bn
+from ..search_space import read_architecture_json
 
 SPACE_NAME = "mobile-cnn"
 RESOLUTIONS = (8, 12, 16, 20, 24)
@@ -36,6 +37,12 @@ STEM, HEAD = 16, 64
 # the candidate operations of a block slot, in a fixed order (the supernet's and the latency model's index)
 OPS: tuple[dict[str, Any], ...] = tuple({"op": "mbconv", "kernel": k, "expand": e} for k in KERNELS for e in EXPANDS) + ({"op": "skip"},)
 SKIP = len(OPS) - 1
+SLOTS = len(STAGES) * MAX_DEPTH
+WIDTH_GROUPS = tuple(widths for widths, _ in STAGES)  # the searched widths: one choice per stage
+META = ("resolution", "in_channels", "classes")       # the fields an architecture takes from its data
+# the latency model's features, per kernel kind: millions of multiply-accumulates, millions of elements read
+# + written, and a count (depthwise convs are bound by the elements, 1x1 convs by the MACs, small kernels by the count)
+FEATURES = ("pw.mmac", "pw.melem", "pw.n", "dw.mmac", "dw.melem", "dw.n", "stem.mmac", "head.mmac", "const")
 
 
 class ArchitectureError(UsageError):
@@ -115,14 +122,7 @@ def sample(seed: int, resolution: int | None = None, in_channels: int = 1, class
 
 def load_architecture(path: str | Path) -> dict[str, Any]:
     """Read and validate an architecture JSON file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArchitectureError(f"architecture file {path} does not exist")
-    try:
-        arch = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArchitectureError(f"{path} is not valid JSON ({e}); write the architecture as a JSON object") from None
-    return validate(arch)
+    return validate(read_architecture_json(path, ArchitectureError))
 
 
 def describe(arch: dict[str, Any]) -> str:
@@ -190,3 +190,124 @@ def baseline(resolution: int, in_channels: int, classes: int, scale: int) -> dic
         bl = [{"op": "mbconv", "kernel": 3, "expand": 6 if scale else 3}] * depth + [{"op": "skip"}] * (MAX_DEPTH - depth)
         stages.append({"width": w, "blocks": [dict(b) for b in bl]})
     return validate({"space": SPACE_NAME, "resolution": resolution, "in_channels": in_channels, "classes": classes, "stages": stages})
+
+
+# ---- what the search and the latency model need of a space (toolkit/search/spaces.py)
+
+def slot_group(k: int) -> int:
+    """The width group (stage) of block slot k."""
+    return k // MAX_DEPTH
+
+
+def skippable(k: int) -> bool:
+    """Whether block slot k may be `skip` (not a stage's first block)."""
+    return k % MAX_DEPTH != 0
+
+
+def choices(arch: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(the OPS index of every block slot, the index of every stage's width in its group)."""
+    ops = [op_index(b) for s in arch["stages"] for b in s["blocks"]]
+    return ops, [WIDTH_GROUPS[i].index(s["width"]) for i, s in enumerate(arch["stages"])]
+
+
+def from_choices(meta: dict[str, Any], ops: list[int], widths: list[int]) -> dict[str, Any]:
+    """The architecture with these choices (`choices`' inverse) and `meta`'s resolution, channels and classes."""
+    stages = [{"width": WIDTH_GROUPS[s][widths[s]], "blocks": [dict(OPS[i]) for i in ops[s * MAX_DEPTH:(s + 1) * MAX_DEPTH]]}
+              for s in range(len(STAGES))]
+    return validate({"space": SPACE_NAME, **{k: meta[k] for k in META}, "stages": stages})
+
+
+def block_features(b: dict[str, Any]) -> dict[str, float]:
+    """The kernels of one MBConv block (shapes from `blocks`): 1x1 expansion (unless expand is 1),
+    depthwise, 1x1 projection."""
+    hidden = b["cin"] * b["expand"]
+    size, out = b["size"], (b["size"] + b["stride"] - 1) // b["stride"]
+    f = {"pw.mmac": out * out * hidden * b["cout"] / 1e6, "pw.melem": out * out * (hidden + b["cout"]) / 1e6, "pw.n": 1.0,
+         "dw.mmac": out * out * hidden * b["kernel"] ** 2 / 1e6, "dw.melem": (size * size + out * out) * hidden / 1e6, "dw.n": 1.0}
+    if b["expand"] != 1:
+        f["pw.mmac"] += size * size * b["cin"] * hidden / 1e6
+        f["pw.melem"] += size * size * (b["cin"] + hidden) / 1e6
+        f["pw.n"] += 1
+    return f
+
+
+def fixed_features(arch: dict[str, Any]) -> dict[str, float]:
+    """The kernels every network has: the stem conv and the 1x1 head (+ pooling and classifier)."""
+    r = arch["resolution"]
+    c, size = final_shape(arch)
+    return {"stem.mmac": r * r * arch["in_channels"] * STEM * 9 / 1e6,
+            "head.mmac": (size * size * c * HEAD + HEAD * arch["classes"]) / 1e6, "const": 1.0}
+
+
+def example_input(arch: dict[str, Any], seed: int = 0) -> torch.Tensor:
+    """A deterministic input of the architecture's shape (for export and timing)."""
+    return torch.from_numpy(np.random.default_rng(seed).random(input_shape(arch), np.float32))
+
+
+def latency_sample(seed: int) -> dict[str, Any]:
+    """A random member for the latency model (every resolution, one input channel, 10 classes)."""
+    return sample(seed)
+
+
+def data_meta(data: Any, size: int) -> dict[str, Any]:
+    """The fixed fields for a dataset at input resolution `size`."""
+    return {"resolution": size, "in_channels": data.shape[0], "classes": data.classes}
+
+
+def fixed_width_arch(meta: dict[str, Any], last_width: int) -> dict[str, Any]:
+    """A network whose fixed kernels are those of any net with this last-stage width (stem, head, classifier):
+    what `fixed_features` depends on (the blocks themselves are not read)."""
+    stages = [{"width": ws[0] if s < len(STAGES) - 1 else last_width, "blocks": []} for s, ws in enumerate(WIDTH_GROUPS)]
+    return {"space": SPACE_NAME, **{k: meta[k] for k in META}, "stages": stages}
+
+
+def build_module(arch: dict[str, Any]) -> nn.Module:
+    return MobileCNN(arch)
+
+
+def baseline_for(meta: dict[str, Any], scale: int) -> dict[str, Any]:
+    return baseline(meta["resolution"], meta["in_channels"], meta["classes"], scale)
+
+
+def size_of(arch: dict[str, Any]) -> int:
+    """The input size the data are prepared at (the resolution)."""
+    return arch["resolution"]
+
+
+sizes = RESOLUTIONS
+SIZE_FLAG = "--resolution"
+
+
+def op_name(op: dict[str, Any]) -> str:
+    return "skip" if op["op"] == "skip" else f"k{op['kernel']}e{op['expand']}"
+
+
+def group_name(g: int) -> str:
+    return f"stage {g}"
+
+
+def slot_name(k: int) -> str:
+    return f"stage {k // MAX_DEPTH} block {k % MAX_DEPTH}"
+
+
+DEFAULT_MAX_SKIPS = 3  # of the 6 skippable slots (P-DARTS' cap)
+BASELINE_NAME = "hand-designed (MobileNetV2 recipe)"
+
+
+def sample_for(seed: int, meta: dict[str, Any]) -> dict[str, Any]:
+    """A random member with `meta`'s fixed fields."""
+    return sample(seed, meta["resolution"], meta["in_channels"], meta["classes"])
+
+
+def default_size(data: Any) -> int:
+    """The dataset's own resolution if the space has it, else the next larger one."""
+    size = data.shape[-1]
+    return next((r for r in RESOLUTIONS if r >= size), RESOLUTIONS[-1])
+
+
+def check_data(data: Any, size: int) -> None:
+    """UsageError unless the space can take the dataset at input size `size`."""
+    if getattr(data, "kind", "image") != "image":
+        raise UsageError(f"the {SPACE_NAME} space takes images; dataset {data.name} is {data.kind} (use --space tiny-transformer)")
+    if size not in RESOLUTIONS:
+        raise UsageError(f"--resolution {size}: the {SPACE_NAME} space has {', '.join(map(str, RESOLUTIONS))}")

@@ -1,5 +1,5 @@
 """`autoglm pipeline`: latency model -> search -> retrain -> export -> compile -> verify -> bench against
-onnxruntime, then the same space's random architectures and the hand-designed baseline trained, compiled
+onnxruntime, then the same space's random architectures and its hand-designed baseline trained, compiled
 and measured the same way, and the report (report.md + pareto.png) comparing them."""
 
 from __future__ import annotations
@@ -10,25 +10,34 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from . import latency, mobile_cnn as space
-from .run import RunOptions, _save_json, default_resolution, search_and_train, train_architecture
+from . import latency, spaces
+from .run import (
+    RunOptions,
+    _save_json,
+    default_resolution,
+    search_and_train,
+    space_of,
+    train_architecture,
+)
 
 Progress = Callable[[str], None]
 
 
-def ensure_latency_model(device: latency.Device, samples: int, say: Progress) -> latency.LatencyModel:
+def ensure_latency_model(device: latency.Device, samples: int, say: Progress, space: str = latency.DEFAULT_SPACE) -> latency.LatencyModel:
     """The cached model of the device, built first (measuring what the cache lacks) when there is none."""
     try:
-        return latency.load(device)
+        return latency.load(device, space)
     except latency.LatencyModelError:
-        say(f"latency model: none for {device.target.name} yet; measuring {samples} random networks (cached for next time)")
-        model, _ = latency.build(device, samples, say)
+        say(f"latency model: no {space} model for {device.target.name} yet; measuring {samples} random networks "
+            f"(cached for next time)")
+        model, _ = latency.build(device, samples, say, space)
         return model
 
 
-def baseline_architecture(model: latency.LatencyModel, resolution: int, c: int, classes: int, budget_ms: float | None) -> dict[str, Any]:
-    """MobileNetV2's recipe at the widest width step the latency model puts within the budget."""
-    archs = [space.baseline(resolution, c, classes, s) for s in (2, 1, 0)]
+def baseline_architecture(model: latency.LatencyModel, meta: dict[str, Any], budget_ms: float | None) -> dict[str, Any]:
+    """The space's hand-designed recipe at the largest scale the latency model puts within the budget."""
+    space = spaces.get(model.space)
+    archs = [space.baseline_for(meta, s) for s in (2, 1, 0)]
     if budget_ms is None:
         return archs[1]
     return next((a for a in archs if model.predict(a) <= budget_ms), archs[-1])
@@ -42,14 +51,15 @@ def run_pipeline(opts: RunOptions, *, random_count: int = 4, latency_samples: in
     t0 = time.monotonic()
     device = latency.Device(opts.target, opts.threads or opts.target.threads, opts.rpc)
     latency.check_device(opts.target, opts.rpc)
-    model = ensure_latency_model(device, latency_samples, say)
-    searched = search_and_train(opts, say)
     data = load_dataset(opts.dataset)
-    resolution = searched["architecture"]["resolution"]
-    c = data.shape[0]
-    store = latency.MeasurementStore(latency.model_dir(device)[0])
-    candidates = [{"kind": "random", "architecture": space.sample(10_000 + i, resolution, c, data.classes)} for i in range(random_count)]
-    candidates.append({"kind": "baseline", "architecture": baseline_architecture(model, resolution, c, data.classes, opts.budget_ms)})
+    space = space_of(opts, data)
+    space.check_data(data, opts.resolution or space.default_size(data))  # before anything is measured
+    model = ensure_latency_model(device, latency_samples, say, space.SPACE_NAME)
+    searched = search_and_train(replace(opts, space=space.SPACE_NAME), say)
+    meta = {k: searched["architecture"][k] for k in space.META}
+    store = latency.MeasurementStore(latency.model_dir(device, space.SPACE_NAME)[0], space.SPACE_NAME)
+    candidates = [{"kind": "random", "architecture": space.sample_for(10_000 + i, meta)} for i in range(random_count)]
+    candidates.append({"kind": "baseline", "architecture": baseline_architecture(model, meta, opts.budget_ms)})
     for i, cand in enumerate(candidates, 1):
         arch = cand["architecture"]
         label = f"{cand['kind']} {i}/{len(candidates)}"
@@ -63,7 +73,7 @@ def run_pipeline(opts: RunOptions, *, random_count: int = 4, latency_samples: in
     bench = bench_against_onnxruntime(Path(searched["artifact"]), device)
     summary = {"searched": {k: searched[k] for k in ("architecture", "validation_accuracy", "test_accuracy", "predicted_ms",
                                                      "measured_ms", "latency_budget_ms", "artifact", "onnx", "skips")},
-               "candidates": candidates, "bench": bench, "latency_model": _model_accuracy(device),
+               "candidates": candidates, "bench": bench, "latency_model": _model_accuracy(device, space.SPACE_NAME),
                "dataset": searched["dataset"], "target": opts.target.name, "threads": device.threads,
                "seconds": time.monotonic() - t0, "budget_rounds": searched["budget_rounds"]}
     _save_json(opts.output / "pipeline.json", summary)
@@ -88,8 +98,8 @@ def bench_against_onnxruntime(artifact: Path, device: latency.Device) -> dict[st
             "outputs_match": run.outputs_match, "threads": device.threads}
 
 
-def _model_accuracy(device: latency.Device) -> dict[str, Any]:
-    doc = json.loads((latency.model_dir(device)[0] / "model.json").read_text())
+def _model_accuracy(device: latency.Device, space: str) -> dict[str, Any]:
+    doc = json.loads((latency.model_dir(device, space)[0] / "model.json").read_text())
     return {"fit_count": doc["fit_count"], "fit": doc.get("fit_accuracy"), "holdout": doc.get("holdout_accuracy")}
 
 

@@ -7,16 +7,17 @@ from typing import Any
 
 from compile.fileio import write_atomic
 
-from . import mobile_cnn as space
+from . import spaces
 
 
 def pareto_png(summary: dict[str, Any]) -> bytes:
     from toolkit.bench.plots import _png, _pyplot
 
+    space = spaces.of(summary["searched"]["architecture"])
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for kind, style in (("random", dict(c="0.55", marker="o", label="random architectures")),
-                        ("baseline", dict(c="tab:blue", marker="s", s=60, label="hand-designed (MobileNetV2 recipe)"))):
+                        ("baseline", dict(c="tab:blue", marker="s", s=60, label=space.BASELINE_NAME))):
         pts = [c for c in summary["candidates"] if c["kind"] == kind]
         ax.scatter([c["measured_ms"] for c in pts], [100 * c["test_accuracy"] for c in pts], **style)
     s = summary["searched"]
@@ -41,6 +42,7 @@ def dominated_by_searched(summary: dict[str, Any]) -> tuple[int, int]:
 def write_report(out: Path, summary: dict[str, Any]) -> Path:
     write_atomic(out / "pareto.png", pareto_png(summary))
     s, b = summary["searched"], summary["bench"]
+    space = spaces.of(s["architecture"])
     budget = s.get("latency_budget_ms")
     lines = [f"# Search report: {space.SPACE_NAME} on {summary['dataset']['name']}, target {summary['target']}", "",
              f"Dataset sha256 `{summary['dataset']['sha256'][:16]}…`; {summary['threads']} thread(s); the whole run took "

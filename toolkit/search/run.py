@@ -18,7 +18,7 @@ import torch
 from compile import UsageError
 
 from ..datasets import Dataset, load_dataset
-from . import latency, mobile_cnn as space
+from . import latency, spaces
 from .search import SearchConfig, count_skips, fit_budget, run_search, supernet_teacher
 from .train import TrainConfig, train
 
@@ -37,16 +37,21 @@ class RunOptions:
     rpc: Any = None
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    space: str | None = None         # None: by the dataset's kind (images: mobile-cnn, text: tiny-transformer)
     trials: int = 0                  # Optuna trials tuning the search's hyperparameters (0: the defaults)
     storage: str | None = None
     workers: int = 1
     seed: int = 0
 
 
-def default_resolution(data: Dataset) -> int:
-    """The dataset's own size if the space has it, else the next larger resolution."""
-    size = data.shape[-1]
-    return next((r for r in space.RESOLUTIONS if r >= size), space.RESOLUTIONS[-1])
+def space_of(opts: RunOptions, data: Dataset):
+    """The space the run searches (given, or the one for the dataset's kind)."""
+    return spaces.get(opts.space or spaces.for_data(data))
+
+
+def default_resolution(data: Dataset, space_name: str = "mobile-cnn") -> int:
+    """The input size a dataset is searched at: its own resolution (or the next the space has), or its sequence length."""
+    return spaces.get(space_name).default_size(data)
 
 
 def parse_budget(text: str | None) -> float | None:
@@ -76,14 +81,15 @@ def export_trained(module: torch.nn.Module, arch: dict[str, Any], path: Path) ->
     from ..export import export_onnx
 
     module.eval()
-    return export_onnx(module, torch.from_numpy(np.random.default_rng(0).random(space.input_shape(arch), np.float32)), path)
+    return export_onnx(module, spaces.of(arch).example_input(arch), path)
 
 
 def train_architecture(arch: dict[str, Any], data: Dataset, cfg: TrainConfig, teacher=None, progress: Progress | None = None,
                        label: str = "train"):
+    space = spaces.of(arch)
     torch.manual_seed(cfg.seed)
-    module = space.MobileCNN(arch)
-    result = train(module, data, arch["resolution"], cfg, teacher, progress, label)
+    module = space.build_module(arch)
+    result = train(module, data, space.size_of(arch), cfg, teacher, progress, label)
     return module, result
 
 
@@ -120,7 +126,7 @@ def tune_hyperparameters(ctx: _TrialContext, opts: RunOptions, say: Progress) ->
     """Optuna over the search's learning rates, weight decay, lambda and temperature schedule; resumes a killed study."""
     from .study import completed_trials, open_study, run_trials
 
-    name = f"search-{space.SPACE_NAME}-{opts.dataset.replace('/', '_')}-{opts.target.name}"
+    name = f"search-{ctx.model.space}-{opts.dataset.replace('/', '_')}-{opts.target.name}"
     study = open_study(name, opts.storage, opts.output, opts.workers, directions=["maximize"], seed=opts.seed)
     kept = len(completed_trials(study))
     if kept:
@@ -139,13 +145,14 @@ def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict
     t_start = time.monotonic()
     out = opts.output
     data = load_dataset(opts.dataset)
-    resolution = opts.resolution or default_resolution(data)
-    if resolution not in space.RESOLUTIONS:
-        raise UsageError(f"--resolution {resolution}: the {space.SPACE_NAME} space has {', '.join(map(str, space.RESOLUTIONS))}")
+    space = space_of(opts, data)
+    resolution = opts.resolution or space.default_size(data)
+    space.check_data(data, resolution)
     device = latency.Device(opts.target, opts.threads or opts.target.threads, opts.rpc)
-    model = latency.load(device)
+    model = latency.load(device, space.SPACE_NAME)
     out.mkdir(parents=True, exist_ok=True)  # only once there is something to search with
-    say(f"latency model: {opts.target.name}, {device.threads} thread(s), fitted on {model.fit_count} measured networks")
+    say(f"latency model: {space.SPACE_NAME} on {opts.target.name}, {device.threads} thread(s), fitted on {model.fit_count} "
+        f"measured networks")
     cfg = replace(opts.search, seed=opts.seed)
     hyper: dict[str, Any] = {"tuned": False}
     if opts.trials:
@@ -153,12 +160,12 @@ def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict
         tuned, hyper = tune_hyperparameters(ctx, opts, say)
         cfg = replace(tuned, epochs=cfg.epochs, seed=opts.seed)
         hyper["tuned"] = True
-    say(f"search: {cfg.epochs} epochs on {data.name} at {resolution}x{resolution}, budget "
+    say(f"search: {space.SPACE_NAME}, {cfg.epochs} epochs on {data.name} at input size {resolution}, budget "
         f"{'none' if opts.budget_ms is None else f'{opts.budget_ms:g} ms'}")
     result = run_search(data, resolution, model, cfg, opts.budget_ms, say)
     arch = result.arch
     # re-measure what the search returns: the latency model is a model; the budget is about the device
-    store = latency.MeasurementStore(latency.model_dir(device)[0])
+    store = latency.MeasurementStore(latency.model_dir(device, space.SPACE_NAME)[0], space.SPACE_NAME)
     rounds = []
     for i in range(MAX_REMEASURE):
         rec = latency.measure_all([arch], device, store, say, "budget check")[0]

@@ -1,4 +1,4 @@
-"""Differentiable architecture search on the mobile-cnn supernet under a target's latency model.
+"""Differentiable architecture search on a space's supernet under a target's latency model.
 
 Weights and architecture parameters are updated in alternation on two halves of the training split
 (DARTS' bi-level scheme, first order), with Gumbel-softmax samples whose temperature is annealed from
@@ -20,9 +20,8 @@ import torch
 from torch.nn import functional as F
 
 from ..datasets import Dataset
-from . import mobile_cnn as space
+from . import spaces
 from .latency import LatencyModel
-from .supernet import ExpectedLatency, SuperNet
 from .train import evaluate, tensors, torch_threads
 
 Progress = Callable[[str], None]
@@ -49,7 +48,7 @@ class SearchConfig:
 @dataclass
 class SearchResult:
     arch: dict[str, Any]
-    supernet: SuperNet
+    supernet: torch.nn.Module
     expected_ms: float                # E[latency] of the final distribution
     predicted_ms: float               # of the derived (budget-fitted) architecture
     history: list[dict[str, float]] = field(default_factory=list)
@@ -64,7 +63,8 @@ def temperature(cfg: SearchConfig, epoch: int) -> float:
 
 def run_search(data: Dataset, resolution: int, model: LatencyModel, cfg: SearchConfig, budget_ms: float | None,
                progress: Progress | None = None, should_stop: Callable[[int, float], bool] | None = None) -> SearchResult:
-    """Search the space on `data` at `resolution`; `should_stop(epoch, val_accuracy)` may end it early (pruning)."""
+    """Search the latency model's space on `data` at input size `resolution` (image resolution or sequence
+    length); `should_stop(epoch, val_accuracy)` may end it early (pruning)."""
     with torch_threads():
         return _run_search(data, resolution, model, cfg, budget_ms, progress, should_stop)
 
@@ -73,9 +73,10 @@ def _run_search(data: Dataset, resolution: int, model: LatencyModel, cfg: Search
                 progress: Progress | None, should_stop: Callable[[int, float], bool] | None) -> SearchResult:
     say = progress or (lambda _m: None)
     torch.manual_seed(cfg.seed)
-    c, _, _ = data.shape
-    net = SuperNet(resolution, c, data.classes)
-    lat = ExpectedLatency(model, resolution, c, data.classes)
+    space, nets = spaces.get(model.space), spaces.supernet_module(model.space)
+    meta = space.data_meta(data, resolution)
+    net = nets.make_supernet(meta)
+    lat = nets.make_expected_latency(model, meta)
     x, y = tensors(data.train, resolution)
     xv, yv = tensors(data.val, resolution)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -129,31 +130,32 @@ def _run_search(data: Dataset, resolution: int, model: LatencyModel, cfg: Search
     return SearchResult(arch, net, expected, model.predict(arch), history, repairs)
 
 
-def fit_budget(arch: dict[str, Any], net: SuperNet, model: LatencyModel, budget_ms: float,
+def fit_budget(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, budget_ms: float,
                max_skips: int | None) -> tuple[dict[str, Any], list[str]]:
     """Shrink `arch` until the latency model predicts it within `budget_ms`: each move (a cheaper op in one
-    slot, or a narrower stage) is the one losing the least architecture log-likelihood per millisecond saved."""
+    slot, or a narrower width) is the one losing the least architecture log-likelihood per millisecond saved."""
+    space = spaces.of(arch)
+    meta = {k: arch[k] for k in space.META}
     logp = F.log_softmax(net._logits().detach(), -1)
     wlogp = [F.log_softmax(w.detach(), -1) for w in net.width_logits]
     moves: list[str] = []
     while (pred := model.predict(arch)) > budget_ms:
         best = None
-        skips = sum(b["op"] == "skip" for s in arch["stages"] for b in s["blocks"])
-        for s, stage in enumerate(arch["stages"]):
-            widths = space.STAGES[s][0]
-            wi = widths.index(stage["width"])
+        ops, widths = space.choices(arch)
+        skips = sum(o == space.SKIP for o in ops)
+        for g, wi in enumerate(widths):
+            group = space.WIDTH_GROUPS[g]
             for nw in range(wi):
-                cand = _replace(arch, s, width=widths[nw])
-                best = _better(best, cand, float(wlogp[s][wi] - wlogp[s][nw]), pred - model.predict(cand),
-                               f"stage {s} width {stage['width']} -> {widths[nw]}")
-            for j, block in enumerate(stage["blocks"]):
-                k, cur = s * space.MAX_DEPTH + j, space.op_index(block)
-                for i, op in enumerate(space.OPS):
-                    if i == cur or (i == space.SKIP and (j == 0 or (max_skips is not None and skips >= max_skips))):
-                        continue
-                    cand = _replace(arch, s, block=(j, dict(op)))
-                    best = _better(best, cand, float(logp[k][cur] - logp[k][i]), pred - model.predict(cand),
-                                   f"stage {s} block {j} {_op_name(block)} -> {_op_name(op)}")
+                cand = space.from_choices(meta, ops, [nw if i == g else w for i, w in enumerate(widths)])
+                best = _better(best, cand, float(wlogp[g][wi] - wlogp[g][nw]), pred - model.predict(cand),
+                               f"{space.group_name(g)} width {group[wi]} -> {group[nw]}")
+        for k, cur in enumerate(ops):
+            for i, op in enumerate(space.OPS):
+                if i == cur or (i == space.SKIP and (not space.skippable(k) or (max_skips is not None and skips >= max_skips))):
+                    continue
+                cand = space.from_choices(meta, [i if j == k else o for j, o in enumerate(ops)], widths)
+                best = _better(best, cand, float(logp[k][cur] - logp[k][i]), pred - model.predict(cand),
+                               f"{space.slot_name(k)} {space.op_name(space.OPS[cur])} -> {space.op_name(op)}")
         if best is None:
             moves.append(f"nothing smaller is left; predicted {pred:.3f} ms stays over {budget_ms:.3f} ms")
             break
@@ -169,24 +171,12 @@ def _better(best, cand, cost: float, saved: float, what: str):
     return (cand, score, saved, what) if best is None or score < best[1] else best
 
 
-def _replace(arch: dict[str, Any], s: int, width: int | None = None, block: tuple[int, dict] | None = None) -> dict[str, Any]:
-    stages = [{"width": st["width"], "blocks": [dict(b) for b in st["blocks"]]} for st in arch["stages"]]
-    if width is not None:
-        stages[s]["width"] = width
-    if block is not None:
-        stages[s]["blocks"][block[0]] = block[1]
-    return space.validate({**arch, "stages": stages})
-
-
-def _op_name(b: dict[str, Any]) -> str:
-    return "skip" if b["op"] == "skip" else f"k{b['kernel']}e{b['expand']}"
-
-
 def count_skips(arch: dict[str, Any]) -> int:
-    return sum(b["op"] == "skip" for s in arch["stages"] for b in s["blocks"])
+    space = spaces.of(arch)
+    return sum(o == space.SKIP for o in space.choices(arch)[0])
 
 
-def supernet_teacher(net: SuperNet) -> Callable[[torch.Tensor], torch.Tensor]:
+def supernet_teacher(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """The trained supernet as a distillation teacher: its most likely path, with the shared weights."""
     net.eval()
 

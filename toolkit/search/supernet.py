@@ -56,7 +56,41 @@ def _centre(kmax: int, k: int) -> torch.Tensor:
     return m
 
 
-class SuperNet(nn.Module):
+class ArchitectureParameters(nn.Module):
+    """What a supernet's search sees: `op_logits` [slots, ops] (`forbidden` masks ops a slot cannot take) and
+    `width_logits` (one vector per width group), their Gumbel-softmax samples, and the shared weights."""
+
+    op_logits: nn.Parameter
+    width_logits: nn.ParameterList
+    forbidden: torch.Tensor
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(self.op_logits), *(id(p) for p in self.width_logits)}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.op_logits, *self.width_logits]
+
+    def _logits(self) -> torch.Tensor:
+        return self.op_logits.masked_fill(self.forbidden, float("-inf"))
+
+    def probabilities(self, tau: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Softmax(logits / tau) of the ops per slot and of the widths per group (no noise)."""
+        return F.softmax(self._logits() / tau, -1), [F.softmax(w / tau, -1) for w in self.width_logits]
+
+    def sample(self, tau: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Gumbel-softmax samples of the ops per slot and the widths per group: one-hot forward, the relaxed
+        gradient backward (straight-through, as GDAS), so a step computes one path, not every op."""
+        return F.gumbel_softmax(self._logits(), tau, hard=True, dim=-1), [F.gumbel_softmax(w, tau, hard=True) for w in self.width_logits]
+
+    def most_likely(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One-hot weights of the most likely ops and widths (the derived network inside the supernet)."""
+        ops = F.one_hot(self._logits().argmax(-1), self.op_logits.shape[1]).float()
+        return ops, [F.one_hot(w.argmax(), len(w)).float() for w in self.width_logits]
+
+
+
+class SuperNet(ArchitectureParameters):
     """All architectures of the space at one resolution. Architecture parameters: `op_logits[s*3+j]` over
     space.OPS for block j of stage s (the first block of a stage cannot be skip), `width_logits[s]`."""
 
@@ -88,29 +122,6 @@ class SuperNet(nn.Module):
         first[::space.MAX_DEPTH, space.SKIP] = True
         self.register_buffer("forbidden", first, persistent=False)
 
-    def weight_parameters(self) -> list[nn.Parameter]:
-        arch = {id(self.op_logits), *(id(p) for p in self.width_logits)}
-        return [p for p in self.parameters() if id(p) not in arch]
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.op_logits, *self.width_logits]
-
-    def _logits(self) -> torch.Tensor:
-        return self.op_logits.masked_fill(self.forbidden, float("-inf"))
-
-    def probabilities(self, tau: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Softmax(logits / tau) of the ops per slot and of the widths per stage (no noise)."""
-        return F.softmax(self._logits() / tau, -1), [F.softmax(w / tau, -1) for w in self.width_logits]
-
-    def sample(self, tau: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Gumbel-softmax samples of the ops per slot and the widths per stage: one-hot forward, the relaxed
-        gradient backward (straight-through, as GDAS), so a step computes one path, not every op."""
-        return F.gumbel_softmax(self._logits(), tau, hard=True, dim=-1), [F.gumbel_softmax(w, tau, hard=True) for w in self.width_logits]
-
-    def most_likely(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One-hot weights of the most likely ops and widths (the derived network inside the supernet)."""
-        ops = F.one_hot(self._logits().argmax(-1), len(space.OPS)).float()
-        return ops, [F.one_hot(w.argmax(), len(w)).float() for w in self.width_logits]
 
     def forward(self, x: torch.Tensor, weights: tuple[torch.Tensor, list[torch.Tensor]] | None = None) -> torch.Tensor:
         """The network the (one-hot, straight-through) weights pick; default: the most likely one."""
@@ -126,21 +137,23 @@ class SuperNet(nn.Module):
         return self.classifier(self.head(x).mean((2, 3)))
 
     def derive(self, max_skips: int | None) -> dict[str, Any]:
-        """The most likely architecture; with `max_skips`, skip ops beyond the cap (the least certain ones first)
-        are replaced by the best non-skip op of their slot (the guard against skip-connection collapse)."""
-        logits = self._logits().detach()
-        choice = logits.argmax(-1).tolist()
-        skips = [k for k, c in enumerate(choice) if c == space.SKIP]
-        if max_skips is not None and len(skips) > max_skips:
-            margin = {k: float(logits[k, space.SKIP] - logits[k, :space.SKIP].max()) for k in skips}
-            for k in sorted(skips, key=lambda k: margin[k])[:len(skips) - max_skips]:
-                choice[k] = int(logits[k, :space.SKIP].argmax())
-        stages = []
-        for s, (widths, _) in enumerate(space.STAGES):
-            w = widths[int(self.width_logits[s].detach().argmax())]
-            stages.append({"width": w, "blocks": [dict(space.OPS[c]) for c in choice[s * space.MAX_DEPTH:(s + 1) * space.MAX_DEPTH]]})
-        return space.validate({"space": space.SPACE_NAME, "resolution": self.resolution, "in_channels": self.in_channels,
-                               "classes": self.classes, "stages": stages})
+        return derive_architecture(self, space, {"resolution": self.resolution, "in_channels": self.in_channels,
+                                                 "classes": self.classes}, max_skips)
+
+
+def derive_architecture(net: nn.Module, sp: Any, meta: dict[str, Any], max_skips: int | None) -> dict[str, Any]:
+    """The most likely architecture of a supernet (`op_logits` over sp.OPS per slot, `width_logits` per width
+    group); with `max_skips`, skip ops beyond the cap (the least certain ones first) are replaced by the best
+    non-skip op of their slot (the guard against skip-connection collapse)."""
+    logits = net._logits().detach()
+    choice = logits.argmax(-1).tolist()
+    skips = [k for k, c in enumerate(choice) if c == sp.SKIP]
+    if max_skips is not None and len(skips) > max_skips:
+        margin = {k: float(logits[k, sp.SKIP] - logits[k, :sp.SKIP].max()) for k in skips}
+        for k in sorted(skips, key=lambda k: margin[k])[:len(skips) - max_skips]:
+            choice[k] = int(logits[k, :sp.SKIP].argmax())
+    widths = [int(w.detach().argmax()) for w in net.width_logits]
+    return sp.from_choices(meta, choice, widths)
 
 
 class ExpectedLatency(nn.Module):
@@ -187,3 +200,12 @@ class ExpectedLatency(nn.Module):
                 total = total + torch.einsum("b,i,bi->", widths[s], ops[k + j], getattr(self, f"later{s}"))
             prev = widths[s]
         return total
+
+
+def make_supernet(meta: dict[str, Any]) -> SuperNet:
+    """The supernet for an architecture's fixed fields (`space.META`)."""
+    return SuperNet(meta["resolution"], meta["in_channels"], meta["classes"])
+
+
+def make_expected_latency(model: LatencyModel, meta: dict[str, Any]) -> ExpectedLatency:
+    return ExpectedLatency(model, meta["resolution"], meta["in_channels"], meta["classes"])

@@ -1,4 +1,4 @@
-"""Training a network of the space: from scratch, optionally distilled from a teacher, early-stopped on validation loss."""
+"""Training a network of a search space: from scratch, optionally distilled from a teacher, early-stopped on validation loss."""
 
 from __future__ import annotations
 
@@ -54,6 +54,11 @@ def torch_threads():
 
 
 def tensors(split: Split, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) as tensors: images resized to `resolution`; token sequences (2-D integer ids) as they are."""
+    if split.x.ndim == 2:
+        if split.x.shape[1] != resolution:
+            raise ValueError(f"sequences have length {split.x.shape[1]}, the network takes {resolution}")
+        return torch.from_numpy(np.ascontiguousarray(split.x, np.int64)), torch.from_numpy(split.y)
     return torch.from_numpy(np.ascontiguousarray(resize(split.x, resolution))), torch.from_numpy(split.y)
 
 
