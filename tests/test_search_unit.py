@@ -149,6 +149,15 @@ def test_fit_budget_meets_the_predicted_budget():
     budget = 0.5 * model.predict(big)
     small, moves = fit_budget(big, net, model, budget, max_skips=3)
     assert model.predict(small) <= budget and moves and count_skips(small) <= 3
+    # a net far under the budget grows into it (the search's argmax may land anywhere below it)
+    tiny = space.validate({"space": space.SPACE_NAME, "resolution": 16, "in_channels": 1, "classes": 10,
+                           "stages": [{"width": min(w), "blocks": [{"op": "mbconv", "kernel": 3, "expand": 1}] + [{"op": "skip"}] * 2}
+                                      for w, _ in space.STAGES]})
+    budget = (model.predict(tiny) + model.predict(big)) / 2
+    grown, moves = fit_budget(tiny, net, model, budget, max_skips=3)
+    assert 0.95 * budget <= model.predict(grown) <= budget and all(m.startswith("grow: ") for m in moves)
+    kept, none = fit_budget(tiny, net, model, budget, max_skips=3, grow=False)
+    assert kept == tiny and not none
 
 
 # ---- tiny-transformer: the same search machinery on the second space -------------------------------------
@@ -229,3 +238,23 @@ def test_transformer_search_and_budget_fit_on_text_recall():
     budget = 0.6 * model.predict(big)
     shrunk, moves = fit_budget(big, TSuperNet(24, 32, 4), model, budget, max_skips=3)
     assert model.predict(shrunk) <= budget and moves and count_skips(shrunk) <= 3
+
+
+def test_stage_bars_count_the_counted_stages_and_keep_every_line():
+    import io
+
+    from rich.console import Console
+
+    from toolkit.cli_search import StageBars
+
+    bars = StageBars()
+    out = io.StringIO()
+    bars.console = Console(file=out, force_terminal=True, width=120, highlight=False)
+    for line in ("latency model: none yet", "latency-model build: 1/8 r12 w8:k3e1: 0.1 ms", "latency-model build: 8/8 r16: 0.2 ms",
+                 "search: epoch 2/10 (tau 3.1): supernet val accuracy 40%", "  import: 0.1 s", "random 1/3: train r12"):
+        bars(line)
+    tasks = {t.description: (t.completed, t.total) for t in bars.bars.tasks}
+    bars.close()
+    assert tasks == {"latency-model build": (8, 8), "search": (2, 10), "random": (1, 3)}
+    text = out.getvalue()
+    assert "latency model: none yet" in text and "  import: 0.1 s" in text

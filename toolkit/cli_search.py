@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -22,8 +24,51 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="rpc://HOST:P
 TargetsDir = Annotated[Optional[Path], typer.Option("--targets-dir", help="Extra directory of target TOML files.")]
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+class StageBars:
+    """The progress callback of the search commands: every line goes to stderr; on a terminal, a stage that
+    counts (`label: i/N ...`, `label: epoch i/N ...` or `label i/N: ...`) also gets a progress bar, so a user sees where the time
+    goes (a log keeps the plain lines)."""
+
+    COUNTED = re.compile(r"^(?P<label>[\w .+-]+?)(?:: (?:epoch )?| )(?P<i>\d+)/(?P<n>\d+)\b")
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+        self.bars = None
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, line: str) -> None:
+        if not self.console.is_terminal:
+            print(line, file=sys.stderr, flush=True)
+            return
+        m = self.COUNTED.match(line)
+        if m and self.bars is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=self.console)
+            self.bars.start()
+        (self.bars.console if self.bars else self.console).print(line, markup=False)
+        if m and self.bars is not None:
+            label, i, n = m["label"], int(m["i"]), int(m["n"])
+            if label not in self.tasks:
+                self.tasks[label] = self.bars.add_task(label, total=n)
+            self.bars.update(self.tasks[label], completed=i, total=n)
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+            self.bars = None
+
+
+@contextlib.contextmanager
+def _progress():
+    bars = StageBars()
+    try:
+        yield bars
+    finally:
+        bars.close()
 
 
 def _check_space(name: str | None) -> None:
@@ -62,7 +107,8 @@ def build_cmd(space: SpaceOpt = "mobile-cnn", target: TargetOpt = "host",
     if not 8 <= samples <= 100_000:
         raise UsageError("--samples must be from 8 to 100000")
     dev = _device(target, threads, device, targets_dir)
-    model, directory = latency.build(dev, samples, _say, space)
+    with _progress() as say:
+        model, directory = latency.build(dev, samples, say, space)
     a = model.info["fit_accuracy"]
     print(f"{space} latency model for {dev.target.name} ({dev.threads} thread(s), {dev.where}): {model.fit_count} networks, "
           f"fit: {100 * a['within_10pct']:.0f}% within ±10%, mean abs error {a['mean_abs_pct_error']:.1f}%, "
@@ -81,7 +127,8 @@ def eval_cmd(space: SpaceOpt = "mobile-cnn", target: TargetOpt = "host",
     if not 3 <= holdout <= 100_000:
         raise UsageError("--holdout must be from 3 to 100000")
     dev = _device(target, threads, device, targets_dir)
-    report, model, _ = latency.evaluate(dev, holdout, _say, space)
+    with _progress() as say:
+        report, model, _ = latency.evaluate(dev, holdout, say, space)
     print(f"held-out accuracy on {report['architectures']} networks ({dev.target.name}, {dev.threads} thread(s), model fitted on "
           f"{model.fit_count}): {100 * report['within_10pct']:.1f}% within ±10%, {100 * report['within_5pct']:.1f}% within ±5%, "
           f"mean abs error {report['mean_abs_pct_error']:.1f}% (max {report['max_abs_pct_error']:.1f}%), Spearman {report['spearman']:.3f}")
@@ -147,7 +194,8 @@ def search_cmd(output: Annotated[Path, typer.Option("-o", "--output", help="Run 
 
     opts = _options(dataset, space, target, output, latency_budget, resolution, threads, device, epochs, train_epochs, seed, trials,
                     storage, workers, max_skips, latency_weight, targets_dir)
-    s = search_and_train(opts, _say)
+    with _progress() as say:
+        s = search_and_train(opts, say)
     print(f"searched {spaces.of(s['architecture']).describe(s['architecture'])}: val accuracy {100 * s['validation_accuracy']:.1f}%, test "
           f"{100 * s['test_accuracy']:.1f}%, predicted {s['predicted_ms']:.3f} ms, measured {s['measured_ms']:.3f} ms"
           + (f" (budget {s['latency_budget_ms']:g} ms)" if s["latency_budget_ms"] else ""))
@@ -171,7 +219,8 @@ def pipeline_cmd(dataset: Dataset = "digits", space: SearchSpaceOpt = None, targ
     output = output or Path("runs") / f"{Path(dataset).stem}-{target}"
     opts = _options(dataset, space, target, output, latency_budget, resolution, threads, device, epochs, train_epochs, seed, trials,
                     storage, workers, max_skips, latency_weight, targets_dir)
-    s = run_pipeline(opts, random_count=random, latency_samples=latency_samples, progress=_say)
+    with _progress() as say:
+        s = run_pipeline(opts, random_count=random, latency_samples=latency_samples, progress=say)
     se, b = s["searched"], s["bench"]
     print(f"searched {spaces.of(se['architecture']).describe(se['architecture'])}")
     print(f"  test accuracy {100 * se['test_accuracy']:.1f}%  latency {b['toolkit_p50_ms']:.3f} ms vs onnxruntime "

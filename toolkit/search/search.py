@@ -131,44 +131,65 @@ def _run_search(data: Dataset, resolution: int, model: LatencyModel, cfg: Search
 
 
 def fit_budget(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, budget_ms: float,
-               max_skips: int | None) -> tuple[dict[str, Any], list[str]]:
-    """Shrink `arch` until the latency model predicts it within `budget_ms`: each move (a cheaper op in one
-    slot, or a narrower width) is the one losing the least architecture log-likelihood per millisecond saved."""
+               max_skips: int | None, grow: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """Fit `arch` to `budget_ms` on the latency model, one move at a time (another op in one slot, or another
+    width). Over the budget, it shrinks: each move the one losing the least architecture log-likelihood per
+    millisecond saved. Then, with `grow`, it spends what is left: each move the one losing the least
+    log-likelihood per millisecond added (among equals the larger) that keeps the prediction within the
+    budget, so the net returned uses the budget instead of stopping wherever the search's argmax fell
+    (a net far under its budget is a smaller net than the user paid for)."""
+    moves: list[str] = []
+    while (pred := model.predict(arch)) > budget_ms:
+        best = _best_move(arch, net, model, max_skips, lambda d: -d if d < -1e-9 else None)
+        if best is None:
+            moves.append(f"nothing smaller is left; predicted {pred:.3f} ms stays over {budget_ms:.3f} ms")
+            return arch, moves
+        arch = best[0]
+        moves.append(f"{best[2]} (predicted {model.predict(arch):.3f} ms)")
+    while grow:
+        pred = model.predict(arch)
+        best = _best_move(arch, net, model, max_skips, lambda d: d if 1e-9 < d <= budget_ms - pred else None)
+        if best is None:
+            break
+        arch = best[0]
+        moves.append(f"grow: {best[2]} (predicted {model.predict(arch):.3f} ms)")
+    return arch, moves
+
+
+def _best_move(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, max_skips: int | None,
+               amount: Callable[[float], float | None]):
+    """(candidate, score, description) of the single-choice move with the least log-likelihood lost per
+    millisecond, among the moves whose latency change `amount` accepts (it returns the milliseconds the move
+    saves or adds, or None to refuse it); None when no move is accepted."""
     space = spaces.of(arch)
     meta = {k: arch[k] for k in space.META}
     logp = F.log_softmax(net._logits().detach(), -1)
     wlogp = [F.log_softmax(w.detach(), -1) for w in net.width_logits]
-    moves: list[str] = []
-    while (pred := model.predict(arch)) > budget_ms:
-        best = None
-        ops, widths = space.choices(arch)
-        skips = sum(o == space.SKIP for o in ops)
-        for g, wi in enumerate(widths):
-            group = space.WIDTH_GROUPS[g]
-            for nw in range(wi):
-                cand = space.from_choices(meta, ops, [nw if i == g else w for i, w in enumerate(widths)])
-                best = _better(best, cand, float(wlogp[g][wi] - wlogp[g][nw]), pred - model.predict(cand),
-                               f"{space.group_name(g)} width {group[wi]} -> {group[nw]}")
-        for k, cur in enumerate(ops):
-            for i, op in enumerate(space.OPS):
-                if i == cur or (i == space.SKIP and (not space.skippable(k) or (max_skips is not None and skips >= max_skips))):
-                    continue
-                cand = space.from_choices(meta, [i if j == k else o for j, o in enumerate(ops)], widths)
-                best = _better(best, cand, float(logp[k][cur] - logp[k][i]), pred - model.predict(cand),
-                               f"{space.slot_name(k)} {space.op_name(space.OPS[cur])} -> {space.op_name(op)}")
-        if best is None:
-            moves.append(f"nothing smaller is left; predicted {pred:.3f} ms stays over {budget_ms:.3f} ms")
-            break
-        arch = best[0]
-        moves.append(f"{best[3]} (predicted {model.predict(arch):.3f} ms)")
-    return arch, moves
-
-
-def _better(best, cand, cost: float, saved: float, what: str):
-    if saved <= 1e-9:
-        return best
-    score = max(cost, 0.0) / saved
-    return (cand, score, saved, what) if best is None or score < best[1] else best
+    pred = model.predict(arch)
+    ops, widths = space.choices(arch)
+    skips = sum(o == space.SKIP for o in ops)
+    cands = []
+    for g, wi in enumerate(widths):
+        group = space.WIDTH_GROUPS[g]
+        for nw in range(len(group)):
+            if nw != wi:
+                cands.append((space.from_choices(meta, ops, [nw if i == g else w for i, w in enumerate(widths)]),
+                              float(wlogp[g][wi] - wlogp[g][nw]), f"{space.group_name(g)} width {group[wi]} -> {group[nw]}"))
+    for k, cur in enumerate(ops):
+        for i, op in enumerate(space.OPS):
+            if i == cur or (i == space.SKIP and (not space.skippable(k) or (max_skips is not None and skips >= max_skips))):
+                continue
+            cands.append((space.from_choices(meta, [i if j == k else o for j, o in enumerate(ops)], widths),
+                          float(logp[k][cur] - logp[k][i]), f"{space.slot_name(k)} {space.op_name(space.OPS[cur])} -> {space.op_name(op)}"))
+    best = None
+    for cand, lost, what in cands:
+        ms = amount(model.predict(cand) - pred)
+        if ms is None:
+            continue
+        key = (max(lost, 0.0) / ms, -ms)
+        if best is None or key < best[1]:
+            best = (cand, key, what)
+    return best
 
 
 def count_skips(arch: dict[str, Any]) -> int:
