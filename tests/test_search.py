@@ -11,7 +11,7 @@ import pytest
 
 from conftest import assert_user_error, run_cli
 
-SMALL = ("--epochs", "2", "--train-epochs", "3", "--threads", "1")
+SMALL = ("--epochs", "2", "--train-epochs", "3", "--threads", "1", "--search-steps", "0")
 
 
 @pytest.fixture(scope="module")

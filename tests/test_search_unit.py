@@ -131,7 +131,7 @@ def test_search_with_a_heavy_latency_weight_keeps_skips_under_the_cap():
     model, _ = _synthetic_model(2)
     full = load_dataset("digits")
     data = Dataset("digits-subset", *(Split(s.x[:256], s.y[:256]) for s in (full.train, full.val, full.test)), 10)
-    cfg = SearchConfig(epochs=2, warmup=0, latency_weight=200.0, lr_arch=0.2, max_skips=2)
+    cfg = SearchConfig(epochs=2, warmup=0, latency_weight=200.0, lr_arch=0.2, max_skips=2, min_steps=0)
     res = run_search(data, 8, model, cfg, None)
     probs = res.supernet.probabilities()[0].detach()
     skippable = [k for k in range(len(probs)) if k % space.MAX_DEPTH]
@@ -232,8 +232,9 @@ def test_transformer_search_and_budget_fit_on_text_recall():
     small = Dataset(data.name, Split(data.train.x[:256], data.train.y[:256]), Split(data.val.x[:128], data.val.y[:128]),
                     data.test, data.classes, data.sha256)
     model = _synthetic_transformer_model()
-    res = run_search(small, 24, model, SearchConfig(epochs=2, warmup=1, seed=0), budget_ms=None)
+    res = run_search(small, 24, model, SearchConfig(epochs=2, warmup=1, seed=0, min_steps=4), budget_ms=None)
     assert tt.validate(res.arch) == res.arch and res.arch["seq_len"] == 24 and len(res.history) == 2
+    assert [h["steps"] for h in res.history] == [4, 4]  # 128 samples per half are 2 batches: cycled to 4 steps
     big = tt.baseline(24, 32, 4, 2)
     budget = 0.6 * model.predict(big)
     shrunk, moves = fit_budget(big, TSuperNet(24, 32, 4), model, budget, max_skips=3)
@@ -258,3 +259,18 @@ def test_stage_bars_count_the_counted_stages_and_keep_every_line():
     assert tasks == {"latency-model build": (8, 8), "search": (2, 10), "random": (1, 3)}
     text = out.getvalue()
     assert "latency model: none yet" in text and "  import: 0.1 s" in text
+
+
+def test_supernet_fast_path_equals_the_masked_superkernel():
+    """Weight steps and evaluation compute only the chosen op's channels and taps; the masked superkernel (which
+    the architecture steps need for their gradient) must give the same network."""
+    torch.manual_seed(0)
+    net = SuperNet(12, 1, 10)
+    x = torch.randn(16, 1, 12, 12)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        ops, widths = net.sample(1.0)
+        assert ops.requires_grad
+        masked = net(x, (ops, widths))
+        fast = net(x, (ops.detach(), [w.detach() for w in widths]))
+        torch.testing.assert_close(fast, masked.detach(), rtol=1e-5, atol=1e-5)

@@ -1,18 +1,20 @@
 """Differentiable architecture search on a space's supernet under a target's latency model.
 
 Weights and architecture parameters are updated in alternation on two halves of the training split
-(DARTS' bi-level scheme, first order), with Gumbel-softmax samples whose temperature is annealed from
+(DARTS' bi-level scheme, first order; at least `min_steps` of each an epoch, cycling a small split), with
+Gumbel-softmax samples whose temperature is annealed from
 `tau_start` to `tau_end`. The architecture loss is cross-entropy + lambda * the latency penalty, where the
 expected latency is exact under the target's latency model (`supernet.ExpectedLatency`): with a budget the
 penalty is relu(E[lat] / budget - 1) (the search spends up to the budget), without one E[lat] / E0 (E0:
 the uniform distribution's). The first `warmup` epochs train the weights only, so parameter-free skips do
 not win early (the DARTS collapse); the derived net keeps at most `max_skips` skips (P-DARTS' cap).
 Derivation then fits the budget on the latency model (`fit_budget`): the cheapest loss of architecture
-likelihood per millisecond saved, move by move.
+likelihood per millisecond saved, move by move, while over it; then per millisecond added while a move fits.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -39,6 +41,9 @@ class SearchConfig:
     tau_start: float = 5.0
     tau_end: float = 0.5
     max_skips: int | None = 3         # None: no guard against skip collapse
+    # weight (and architecture) steps per epoch at least, a small split cycled: on digits-hard 17 steps an epoch
+    # left the supernet at 21% validation accuracy after 6 epochs, 60 reached 50% after 4 (BENCHMARKS.md)
+    min_steps: int = 40
     seed: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -91,11 +96,13 @@ def _run_search(data: Dataset, resolution: int, model: LatencyModel, cfg: Search
     for epoch in range(cfg.epochs):
         tau = temperature(cfg, epoch)
         net.train()
-        order_w = torch.randperm(half, generator=gen)
-        order_a = torch.randperm(len(ay), generator=gen)
-        for i in range(0, half, cfg.batch):
+        steps = max(math.ceil(half / cfg.batch), cfg.min_steps)
+        order_w = _cycled(half, steps * cfg.batch, gen)
+        order_a = _cycled(len(ay), steps * cfg.batch, gen)
+        for i in range(0, steps * cfg.batch, cfg.batch):
             idx = order_w[i:i + cfg.batch]
-            loss = F.cross_entropy(net(wx[idx], net.sample(tau)), wy[idx])
+            ops, widths = net.sample(tau)  # detached: a weight step needs no gradient to the architecture
+            loss = F.cross_entropy(net(wx[idx], (ops.detach(), [w.detach() for w in widths])), wy[idx])
             w_opt.zero_grad()
             loss.backward()
             w_opt.step()
@@ -113,7 +120,8 @@ def _run_search(data: Dataset, resolution: int, model: LatencyModel, cfg: Search
             expected = float(lat(*net.probabilities()))
             _, va = evaluate(net, xv, yv)  # the most likely path
         arch = net.derive(cfg.max_skips)
-        row = {"epoch": epoch + 1, "tau": tau, "val_accuracy": va, "expected_ms": expected, "derived_ms": model.predict(arch)}
+        row = {"epoch": epoch + 1, "tau": tau, "steps": steps, "val_accuracy": va, "expected_ms": expected,
+               "derived_ms": model.predict(arch)}
         history.append(row)
         say(f"search: epoch {epoch + 1}/{cfg.epochs} (tau {tau:.2f}{', weights only' if epoch < cfg.warmup else ''}): supernet val "
             f"accuracy {100 * va:.1f}%, E[latency] {expected:.3f} ms, derived {space.describe(arch)} ~{row['derived_ms']:.3f} ms")
@@ -128,6 +136,11 @@ def _run_search(data: Dataset, resolution: int, model: LatencyModel, cfg: Search
     with torch.no_grad():
         expected = float(lat(*net.probabilities()))
     return SearchResult(arch, net, expected, model.predict(arch), history, repairs)
+
+
+def _cycled(n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """`length` indices into `n` samples: shuffled passes back to back (a small split is cycled)."""
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(length / n))])[:length]
 
 
 def fit_budget(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, budget_ms: float,
