@@ -35,7 +35,7 @@ def test_latency_model_is_measured_cached_and_evaluated(cache):
     rows = (d / "measurements.csv").read_text().splitlines()
     assert len(rows) == 1 + 8
     doc = json.loads((d / "model.json").read_text())
-    assert doc["fit_count"] == 8 and doc["spec_version"] == 1 and all(c >= 0 for c in doc["coef"])
+    assert doc["fit_count"] == 8 and doc["spec_version"] == 2 and all(c >= 0 for c in doc["coef"])
     assert doc["cache_key_parts"]["tvm"] and doc["cache_key_parts"]["threads"] == 1
     again = run_cli("latency-model", "build", "--samples", "8", "--threads", "1", env=env, check=True)
     assert "8 of 8 networks already measured" in again.stderr and "build: 1/" not in again.stderr

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from compile import UsageError
+from toolkit.bench.paired import PairedTiming
 from toolkit.datasets import Dataset, Split, load_dataset
 from toolkit.search import latency, mobile_cnn as space, tiny_transformer as tt
 from toolkit.search.search import SearchConfig, count_skips, fit_budget, run_search
@@ -109,13 +110,28 @@ def test_expected_latency_is_exact_for_one_hot_choices():
 def test_measurement_store_survives_a_torn_line(tmp_path):
     store = latency.MeasurementStore(tmp_path)
     a, b = latency.fit_architectures(2)
-    store.add(a, [0.1, 0.2, 0.3])
+    store.add(a, PairedTiming([0.3, 0.1, 0.2], [0.5, 0.5, 0.5], 30))
     with open(store.path, "a") as f:
         f.write('"{""space"": ""mobile-cnn"", ""resol')   # a build killed mid-write
-    store.add(b, [0.4])
+    store.add(b, PairedTiming([0.4], [0.5], 5))
     again = latency.MeasurementStore(tmp_path)
-    assert again.get(a)["p50_ms"] == pytest.approx(0.2) and again.get(b)["p50_ms"] == pytest.approx(0.4)
+    assert again.get(a)["latency_ms"] == pytest.approx(0.1) and again.get(b)["latency_ms"] == pytest.approx(0.4)
+    assert again.get(a)["p50_ms"] == pytest.approx(0.2) and again.get(a)["chunks"] == 3
     assert len(again.rows) == 2
+
+
+def test_measurement_store_puts_every_row_on_the_reference_scale(tmp_path):
+    """A row measured while the machine was slow (the reference slower than its best) is scaled back."""
+    store = latency.MeasurementStore(tmp_path)
+    a, b, c = latency.fit_architectures(3)
+    store.add(a, PairedTiming([0.20, 0.22], [0.40, 0.41], 20))
+    assert store.get(a)["latency_ms"] == pytest.approx(0.20)       # its own reference is the best so far
+    store.add(b, PairedTiming([0.10, 0.12], [0.30, 0.31], 20))      # the machine got faster: a's row rescales
+    assert store.get(a)["latency_ms"] == pytest.approx(0.20 * 0.30 / 0.40)
+    assert store.get(b)["latency_ms"] == pytest.approx(0.10)
+    again = latency.MeasurementStore(tmp_path)
+    assert again.ref_best_ms == pytest.approx(0.30) and again.get(c) is None
+    assert again.get(a)["latency_ms"] == pytest.approx(0.15)
 
 
 def test_collapse_guard_caps_skip_ops():

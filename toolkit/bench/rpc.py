@@ -60,6 +60,66 @@ class _Session:
         self.vm = self.dev = None
 
 
+def _servers(device: DeviceSpec, tracker) -> list[str]:
+    """The loopback addresses of every server the tracker has under the device's key."""
+    try:
+        summary = tracker.summary()
+    except Exception as exc:
+        raise BenchError(f"the RPC tracker at {device.host}:{device.port} did not answer: {one_line(exc)}") from None
+    servers = [s for s in summary.get("server_info", []) if s.get("key", "").split(":", 1)[-1] == device.key]
+    if not servers:
+        keys = sorted({s.get("key", "").split(":", 1)[-1] for s in summary.get("server_info", [])})
+        raise BenchError(f"no RPC server is registered under key {device.key!r} at tracker "
+                         f"{device.host}:{device.port} (keys there: {', '.join(keys) or 'none'}); start one with "
+                         f"`python -m tvm.exec.rpc_server --host 127.0.0.1 --tracker {device.host}:{device.port} "
+                         f"--key {device.key}`")
+    addrs = []
+    for s in servers:
+        host, port = s["addr"][0], s["addr"][1]
+        if not device.allow_remote and not is_loopback(str(host)):
+            raise BenchUsageError(f"RPC server {host}:{port} under key {device.key!r} is not on a loopback "
+                                  f"address; {RPC_SAFETY}")
+        addrs.append(f"{host}:{port}")
+    return addrs
+
+
+def connect(device: DeviceSpec, timeout: float, fleet: bool = True) -> list[_Session]:
+    """Sessions with the servers under the device's key: one per server (`fleet`), or just one."""
+    from tvm import rpc
+
+    d = device
+    try:
+        tracker = rpc.connect_tracker(d.host, d.port)
+    except Exception as exc:
+        raise BenchError(f"cannot reach the RPC tracker at {d.host}:{d.port} ({one_line(exc, 160)}); start it with "
+                         f"`python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port {d.port}`") from None
+    addrs = _servers(d, tracker)
+    sessions = []
+    for addr in addrs if fleet else addrs[:1]:
+        try:
+            (remote,) = _in_threads([lambda: tracker.request(d.key, priority=1, session_timeout=0, max_retry=3)],
+                                    timeout, f"waiting for a free RPC server under key {d.key!r}")
+        except BenchError:
+            raise
+        except Exception as exc:
+            raise BenchError(f"the tracker at {d.host}:{d.port} gave no session for key {d.key!r}: {one_line(exc, 200)}") from None
+        sessions.append(_Session(remote, addr))
+    return sessions
+
+
+def remote_vm(remote, artifact: Path, manifest: dict[str, Any], threads: int):
+    """Upload the artifact's library, size the server's thread pool and open a Relax VM there: (vm, device)."""
+    from tvm import relax
+
+    lib = artifact / manifest["library"]
+    name = f"autoglm-{manifest['files'][manifest['library']][:16]}.so"
+    remote.upload(str(lib), name)
+    remote.get_function("runtime.config_threadpool")(0, threads)
+    rlib = remote.load_module(name)
+    dev = remote.cuda(0) if manifest["target"]["device"] == "cuda" else remote.cpu(0)
+    return relax.VirtualMachine(rlib, dev), dev
+
+
 class RpcBackend:
     def __init__(self, device: DeviceSpec, artifact: Path, manifest: dict[str, Any], result: RuntimeResult,
                  inputs: dict[str, np.ndarray], *, warmup: int, timeout: float):
@@ -67,47 +127,8 @@ class RpcBackend:
         self.inputs, self.warmup, self.timeout = inputs, warmup, timeout
         self.sessions: list[_Session] = []
 
-    # -- connecting ---------------------------------------------------------------------------
-    def _servers(self, tracker) -> list[str]:
-        try:
-            summary = tracker.summary()
-        except Exception as exc:
-            raise BenchError(f"the RPC tracker at {self.device.host}:{self.device.port} did not answer: {one_line(exc)}") from None
-        servers = [s for s in summary.get("server_info", []) if s.get("key", "").split(":", 1)[-1] == self.device.key]
-        if not servers:
-            keys = sorted({s.get("key", "").split(":", 1)[-1] for s in summary.get("server_info", [])})
-            raise BenchError(f"no RPC server is registered under key {self.device.key!r} at tracker "
-                             f"{self.device.host}:{self.device.port} (keys there: {', '.join(keys) or 'none'}); start one with "
-                             f"`python -m tvm.exec.rpc_server --host 127.0.0.1 --tracker {self.device.host}:{self.device.port} "
-                             f"--key {self.device.key}`")
-        addrs = []
-        for s in servers:
-            host, port = s["addr"][0], s["addr"][1]
-            if not self.device.allow_remote and not is_loopback(str(host)):
-                raise BenchUsageError(f"RPC server {host}:{port} under key {self.device.key!r} is not on a loopback "
-                                      f"address; {RPC_SAFETY}")
-            addrs.append(f"{host}:{port}")
-        return addrs
-
     def _connect(self) -> None:
-        from tvm import rpc
-
-        d = self.device
-        try:
-            tracker = rpc.connect_tracker(d.host, d.port)
-        except Exception as exc:
-            raise BenchError(f"cannot reach the RPC tracker at {d.host}:{d.port} ({one_line(exc, 160)}); start it with "
-                             f"`python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port {d.port}`") from None
-        addrs = self._servers(tracker)
-        for addr in addrs:
-            try:
-                (remote,) = _in_threads([lambda: tracker.request(d.key, priority=1, session_timeout=0, max_retry=3)],
-                                        self.timeout, f"waiting for a free RPC server under key {d.key!r}")
-            except BenchError:
-                raise
-            except Exception as exc:
-                raise BenchError(f"the tracker at {d.host}:{d.port} gave no session for key {d.key!r}: {one_line(exc, 200)}") from None
-            self.sessions.append(_Session(remote, addr))
+        self.sessions = connect(self.device, self.timeout)
 
     # -- the backend interface ---------------------------------------------------------------------
     def _guard(self, what: str, fn, *args):
@@ -121,16 +142,9 @@ class RpcBackend:
 
     def _prepare(self, s: _Session) -> tuple[float, float, list[np.ndarray]]:
         import tvm
-        from tvm import relax
 
-        lib = self.artifact / self.manifest["library"]
-        name = f"autoglm-{self.manifest['files'][self.manifest['library']][:16]}.so"
         start = time.perf_counter()
-        s.remote.upload(str(lib), name)
-        s.remote.get_function("runtime.config_threadpool")(0, self.result.threads)
-        rlib = s.remote.load_module(name)
-        s.dev = s.remote.cuda(0) if self.manifest["target"]["device"] == "cuda" else s.remote.cpu(0)
-        s.vm = relax.VirtualMachine(rlib, s.dev)
+        s.vm, s.dev = remote_vm(s.remote, self.artifact, self.manifest, self.result.threads)
         load_ms = (time.perf_counter() - start) * 1e3
         order = [spec["name"] for spec in self.manifest["inputs"]]
         start = time.perf_counter()

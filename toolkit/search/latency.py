@@ -1,8 +1,11 @@
 """A target's latency model for a search space, built from networks compiled and benchmarked on it.
 
 Each measurement is a whole random network of the space exported, compiled for the target (the same
-fusion and schedules a user's model gets) and timed with `autoglm bench`'s harness on the device: the
-native runner on this machine, or a board over RPC, never qemu (emulated aarch64 is a functional target).
+fusion and schedules a user's model gets) and timed on the device: in this process on this machine, or on
+a board over RPC, never qemu (emulated aarch64 is a functional target). It is timed against a fixed
+reference network of the space, the two alternating in ~2 ms chunks (`toolkit.bench.paired`): a network's
+latency is its fastest chunk scaled by the reference's best over its fastest in the same run, the
+latency of an uncontended device (on a shared VM single runs of one network vary up to 1.4x).
 
 The model has two parts, both refit from the measurements whenever it is loaded (nothing is pickled):
 1. a per-kernel table, fitted on the networks measured whole (so every cost is "in context": with the
@@ -41,11 +44,12 @@ from compile import AutoglmError, UsageError
 
 from . import spaces
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2                           # 2: timed against the reference network (1: harness p50s)
 FIT_SEEDS = range(0, 1_000_000)            # architectures a model is fitted on: latency_sample(seed) for these seeds
 HOLDOUT_SEED0 = 1_000_000                  # held-out architectures: latency_sample(HOLDOUT_SEED0 + i), never fitted on
 DEFAULT_SPACE = "mobile-cnn"
-CSV_FIELDS = ("arch", "p50_ms", "p10_ms", "p90_ms", "iterations", "measured_utc")
+REFERENCE_SEED = 424242                    # the reference network: latency_sample(REFERENCE_SEED)
+CSV_FIELDS = ("arch", "min_ms", "p50_ms", "ref_min_ms", "chunks", "iterations", "measured_utc")
 Progress = Callable[[str], None]
 
 
@@ -178,7 +182,11 @@ def cache_root() -> Path:
 
 class MeasurementStore:
     """Append-only CSV of measured networks: one fsynced line per measurement, so an interrupted build keeps
-    every finished measurement and a torn last line is ignored."""
+    every finished measurement and a torn last line is ignored.
+
+    A row keeps the network's fastest chunk and the reference's fastest chunk of the same run; `get` adds
+    the latency, min_ms * ref_best / ref_min_ms, with ref_best the reference's best over every row (so all
+    rows are on one scale, recomputed whenever the file is read)."""
 
     def __init__(self, directory: Path, space: str = DEFAULT_SPACE):
         self.dir = directory
@@ -198,20 +206,30 @@ class MeasurementStore:
             try:
                 row = dict(zip(CSV_FIELDS, next(csv.reader([line]), []), strict=True))
                 arch = self.space.validate(json.loads(row["arch"]))
-                rec = {"arch": arch, "p50_ms": float(row["p50_ms"]), "p10_ms": float(row["p10_ms"]),
-                       "p90_ms": float(row["p90_ms"]), "iterations": int(row["iterations"]), "measured_utc": row["measured_utc"]}
+                rec = {"arch": arch, "min_ms": float(row["min_ms"]), "p50_ms": float(row["p50_ms"]),
+                       "ref_min_ms": float(row["ref_min_ms"]), "chunks": int(row["chunks"]),
+                       "iterations": int(row["iterations"]), "measured_utc": row["measured_utc"]}
             except (TypeError, ValueError, KeyError, csv.Error, AutoglmError):
                 continue  # a line torn by a kill, or edited by hand: not a measurement
-            if math.isfinite(rec["p50_ms"]) and rec["p50_ms"] > 0:
+            if all(math.isfinite(rec[k]) and rec[k] > 0 for k in ("min_ms", "p50_ms", "ref_min_ms")):
                 self.rows[arch_key(arch)] = rec
 
-    def get(self, arch: dict[str, Any]) -> dict[str, Any] | None:
-        return self.rows.get(arch_key(arch))
+    @property
+    def ref_best_ms(self) -> float | None:
+        """The reference network's fastest chunk over every measurement (None before the first)."""
+        return min((r["ref_min_ms"] for r in self.rows.values()), default=None)
 
-    def add(self, arch: dict[str, Any], samples_ms: list[float]) -> dict[str, Any]:
-        s = np.asarray(samples_ms)
-        rec = {"arch": arch, "p50_ms": float(np.median(s)), "p10_ms": float(np.percentile(s, 10)),
-               "p90_ms": float(np.percentile(s, 90)), "iterations": len(s),
+    def get(self, arch: dict[str, Any]) -> dict[str, Any] | None:
+        """The measurement of `arch` with its `latency_ms` on the store's scale, or None."""
+        rec = self.rows.get(arch_key(arch))
+        if rec is None:
+            return None
+        return {**rec, "latency_ms": rec["min_ms"] * self.ref_best_ms / rec["ref_min_ms"]}  # type: ignore[operator]
+
+    def add(self, arch: dict[str, Any], timing: Any) -> dict[str, Any]:
+        """Append one measurement (a toolkit.bench.paired.PairedTiming) and return it as `get` does."""
+        rec = {"arch": arch, "min_ms": timing.min_ms, "p50_ms": timing.p50_ms, "ref_min_ms": timing.ref_min_ms,
+               "chunks": len(timing.net_ms), "iterations": timing.iterations,
                "measured_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
         self.dir.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
@@ -227,7 +245,7 @@ class MeasurementStore:
             f.flush()
             os.fsync(f.fileno())
         self.rows[arch_key(arch)] = rec
-        return rec
+        return self.get(arch)  # type: ignore[return-value]
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -263,36 +281,73 @@ def check_device(target: Any, rpc: Any = None) -> None:
                          f"must be measured on the board: pass --device rpc://HOST:PORT (qemu timings are never latency data)")
 
 
-def measure(arch: dict[str, Any], device: Device, workdir: Path, *, repeat: int = 400, warmup: int = 40,
-            seed: int = 0) -> list[float]:
-    """Export `arch` (seeded weights), compile it for the device's target and time it with the bench harness."""
+def reference_architecture(space: str) -> dict[str, Any]:
+    """The network every measurement of `space` is timed against."""
+    return spaces.get(space).latency_sample(REFERENCE_SEED)
+
+
+def compile_network(arch: dict[str, Any], target: Any, out: Path, seed: int = 0) -> Path:
+    """Export `arch` with seeded weights and compile it for `target` into `out` (random weights: what is
+    measured is the time; search and pipeline verify what they ship)."""
     import torch
 
     from compile import compile_model
     from toolkit import models
-    from toolkit.bench.config import BenchConfig
-    from toolkit.bench.harness import run_bench
     from toolkit.export import export_onnx
 
     space = spaces.of(arch)
     with torch.no_grad():
         module = models.with_weights(lambda: space.build_module(arch), seed)
         example = space.example_input(arch, seed)
-    onnx_path = export_onnx(module, example, workdir / "net.onnx")
-    art = workdir / "net-artifact"
-    if art.exists():
-        shutil.rmtree(art)
-    compile_model(onnx_path, device.target, art, verify=False, time_kernels=False)
-    # random weights: what is measured is the time, not the outputs (search and pipeline verify what they ship)
-    cfg = BenchConfig(artifact=art, threads=[device.threads], warmup=warmup, repeat=repeat, block=repeat // 4 or 1,
-                      check_outputs=False)
-    if device.rpc is not None:
-        cfg.device = device.rpc
-    run = run_bench(cfg)
-    toolkit_result = next(r for r in run.results if r.role == "toolkit")
-    if toolkit_result.emulated:
-        raise LatencyModelError("the bench ran under emulation; emulated timings are never latency data")
-    return list(toolkit_result.samples_ms)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(module, example, out.parent / f"{out.name}.onnx")
+    if out.exists():
+        shutil.rmtree(out)
+    compile_model(onnx_path, target, out, verify=False, time_kernels=False)
+    return out
+
+
+class Timer:
+    """The device side of measuring: the reference network compiled (once per cache directory), loaded on
+    the device (this process, or one RPC session) and calibrated; `time(artifact)` times a network against it."""
+
+    def __init__(self, device: Device, store: MeasurementStore, workdir: Path):
+        from compile import AutoglmError as _Err
+        from toolkit.bench import paired
+
+        self.device, self.store, self.workdir = device, store, workdir
+        self.session = None
+        if device.rpc is not None:
+            from toolkit.bench.rpc import connect
+
+            (self.session,) = connect(device.rpc, timeout=120.0, fleet=False)
+        ref_art = store.dir / "reference"
+        try:
+            self.ref = self._load(ref_art)
+        except (_Err, OSError):  # absent, or not a whole artifact (a build killed while compiling it)
+            staged = compile_network(reference_architecture(store.space.SPACE_NAME), device.target, workdir / "reference")
+            store.dir.mkdir(parents=True, exist_ok=True)
+            if ref_art.exists():
+                shutil.rmtree(ref_art)
+            shutil.move(str(staged), str(ref_art))
+            self.ref = self._load(ref_art)
+        best = store.ref_best_ms
+        self.best_ms = min(best, paired.calibrate(self.ref)) if best is not None else paired.calibrate(self.ref)
+
+    def _load(self, artifact: Path):
+        from toolkit.bench import paired
+
+        if self.session is not None:
+            return paired.load_remote(self.session, artifact, self.device.threads)
+        return paired.load_local(artifact, self.device.threads)
+
+    def time(self, artifact: Path):
+        """A toolkit.bench.paired.PairedTiming of `artifact` against the reference."""
+        from toolkit.bench import paired
+
+        timing = paired.time_against(self._load(artifact), self.ref, self.best_ms)
+        self.best_ms = min(self.best_ms, timing.ref_min_ms)
+        return timing
 
 
 def measure_all(archs: Iterable[dict[str, Any]], device: Device, store: MeasurementStore,
@@ -303,12 +358,15 @@ def measure_all(archs: Iterable[dict[str, Any]], device: Device, store: Measurem
     todo = [a for a in archs if store.get(a) is None]
     if len(todo) < len(archs):
         say(f"{label}: {len(archs) - len(todo)} of {len(archs)} networks already measured (cache {store.dir})")
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="autoglm-latency-") as tmp:
-        for i, arch in enumerate(todo, 1):
-            rec = store.add(arch, measure(arch, device, Path(tmp)))
-            eta = (time.monotonic() - t0) / i * (len(todo) - i)
-            say(f"{label}: {i}/{len(todo)} {spaces.of(arch).describe(arch)}: {rec['p50_ms']:.3f} ms (p50), ~{eta:.0f} s left")
+    if todo:
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="autoglm-latency-") as tmp:
+            timer = Timer(device, store, Path(tmp))
+            for i, arch in enumerate(todo, 1):
+                art = compile_network(arch, device.target, Path(tmp) / "net")
+                rec = store.add(arch, timer.time(art))
+                eta = (time.monotonic() - t0) / i * (len(todo) - i)
+                say(f"{label}: {i}/{len(todo)} {spaces.of(arch).describe(arch)}: {rec['latency_ms']:.3f} ms, ~{eta:.0f} s left")
     return [store.get(a) for a in archs]  # type: ignore[misc]
 
 
@@ -351,9 +409,9 @@ def build(device: Device, samples: int, progress: Progress | None = None, space:
     store = MeasurementStore(directory, space)
     archs = fit_architectures(samples, space)
     recs = measure_all(archs, device, store, progress, "latency-model build")
-    model = fit(archs, [r["p50_ms"] for r in recs], target=device.target.name, key=key, threads=device.threads,
+    model = fit(archs, [r["latency_ms"] for r in recs], target=device.target.name, key=key, threads=device.threads,
                 where=device.where, cpu=cpu_model() if device.rpc is None else "", info={"cache_key_parts": parts})
-    model.info["fit_accuracy"] = accuracy(model, archs, [r["p50_ms"] for r in recs])
+    model.info["fit_accuracy"] = accuracy(model, archs, [r["latency_ms"] for r in recs])
     _write_json(directory / "model.json", model.to_json())
     return model, directory
 
@@ -379,7 +437,7 @@ def load(device: Device, space: str = DEFAULT_SPACE) -> LatencyModel:
     if any(r is None for r in recs):
         raise LatencyModelError(f"{directory / 'measurements.csv'} lacks measurements the model was fitted on; rebuild it with "
                                 f"`autoglm latency-model build --space {space} --target {device.target.name}`")
-    model = fit(archs, [r["p50_ms"] for r in recs], target=device.target.name, key=key, threads=device.threads,  # type: ignore[index]
+    model = fit(archs, [r["latency_ms"] for r in recs], target=device.target.name, key=key, threads=device.threads,  # type: ignore[index]
                 where=device.where, cpu=doc.get("cpu", ""), info={"cache_key_parts": parts})
     model.info["fit_accuracy"] = doc.get("fit_accuracy")
     return model
@@ -393,7 +451,7 @@ def evaluate(device: Device, holdout: int, progress: Progress | None = None,
     store = MeasurementStore(directory, space)
     archs = holdout_architectures(holdout, space, exclude=fit_architectures(model.fit_count, space))
     recs = measure_all(archs, device, store, progress, "latency-model eval")
-    measured = [r["p50_ms"] for r in recs]
+    measured = [r["latency_ms"] for r in recs]
     report = accuracy(model, archs, measured)
     report["fit_count"] = model.fit_count
     doc = json.loads((directory / "model.json").read_text())

@@ -66,9 +66,9 @@ def run_pipeline(opts: RunOptions, *, random_count: int = 4, latency_samples: in
         say(f"{label}: train {space.describe(arch)}")
         _, tr = train_architecture(arch, data, replace(opts.train, kd_alpha=0.0, seed=opts.seed), None, None, label)
         rec = latency.measure_all([arch], device, store, say, label)[0]
-        cand.update(test_accuracy=tr.test_accuracy, val_accuracy=tr.val_accuracy, measured_ms=rec["p50_ms"],
+        cand.update(test_accuracy=tr.test_accuracy, val_accuracy=tr.val_accuracy, measured_ms=rec["latency_ms"],
                     predicted_ms=model.predict(arch))
-        say(f"{label}: test accuracy {100 * tr.test_accuracy:.1f}%, measured {rec['p50_ms']:.3f} ms")
+        say(f"{label}: test accuracy {100 * tr.test_accuracy:.1f}%, measured {rec['latency_ms']:.3f} ms")
     say("bench: the searched artifact against onnxruntime (same run, interleaved)")
     bench = bench_against_onnxruntime(Path(searched["artifact"]), device)
     summary = {"searched": {k: searched[k] for k in ("architecture", "validation_accuracy", "test_accuracy", "predicted_ms",
