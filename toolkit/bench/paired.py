@@ -140,7 +140,7 @@ def time_against(net: TimedVM, ref: TimedVM, ref_best_ms: float | None, *, chunk
     return PairedTiming(a, r, len(a) * net.number)
 
 
-def calibrate(ref: TimedVM, chunks: int = 100, chunk_ms: float = CHUNK_MS) -> float:
+def calibrate(ref: TimedVM, chunks: int = 300, chunk_ms: float = CHUNK_MS) -> float:
     """The reference's fastest chunk over `chunks` chunks: a first 'best' for `time_against` to stop at."""
     ref.size_chunk(chunk_ms)
     return min(ref.run_ms(ref.number) for _ in range(chunks))

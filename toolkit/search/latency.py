@@ -359,6 +359,8 @@ def measure_all(archs: Iterable[dict[str, Any]], device: Device, store: Measurem
     if len(todo) < len(archs):
         say(f"{label}: {len(archs) - len(todo)} of {len(archs)} networks already measured (cache {store.dir})")
     if todo:
+        from toolkit.bench import paired
+
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="autoglm-latency-") as tmp:
             timer = Timer(device, store, Path(tmp))
@@ -367,6 +369,16 @@ def measure_all(archs: Iterable[dict[str, Any]], device: Device, store: Measurem
                 rec = store.add(arch, timer.time(art))
                 eta = (time.monotonic() - t0) / i * (len(todo) - i)
                 say(f"{label}: {i}/{len(todo)} {spaces.of(arch).describe(arch)}: {rec['latency_ms']:.3f} ms, ~{eta:.0f} s left")
+            # a network timed before the reference's best was known stopped at a looser bar: time it again
+            # (the later row replaces the earlier one when its reference chunk came closer to the best)
+            stale = [a for a in todo if store.rows[arch_key(a)]["ref_min_ms"] > (1 + paired.STOP_TOLERANCE) * timer.best_ms]
+            for i, arch in enumerate(stale, 1):
+                old = store.rows[arch_key(arch)]
+                timing = timer.time(compile_network(arch, device.target, Path(tmp) / "net"))
+                if timing.ref_min_ms < old["ref_min_ms"]:
+                    store.add(arch, timing)
+                say(f"{label}: timed again {i}/{len(stale)} (measured before the reference's best was known): "
+                    f"{store.get(arch)['latency_ms']:.3f} ms")  # type: ignore[index]
     return [store.get(a) for a in archs]  # type: ignore[misc]
 
 
