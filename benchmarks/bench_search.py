@@ -9,7 +9,7 @@ then prints the Markdown for BENCHMARKS.md from the files they wrote.
 
     python benchmarks/bench_search.py [--space mobile-cnn] [--samples 200] [--holdout 100] [--threads 1]
         [--dataset digits-hard] [--budget 0.15ms] [--resolution 12] [--random 4] [--epochs 8] [--train-epochs 12]
-        [--work runs/bench-search]
+        [--work runs/bench-search] [--multi-trial 30 --trial-epochs 4]
     python benchmarks/bench_search.py --space tiny-transformer --dataset text-recall --resolution 0 --budget 0.1ms
 """
 
@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=int, default=12)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-search")
     ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--multi-trial", type=int, default=0, help="search by NSGA-II over N architectures instead of the supernet")
+    ap.add_argument("--trial-epochs", type=int, default=4)
     a = ap.parse_args()
     t0 = time.monotonic()
     th = ("--threads", str(a.threads))
@@ -59,7 +61,8 @@ def main() -> None:
     if not a.skip_pipeline:
         res = ("--resolution", str(a.resolution)) if a.resolution else ()
         autoglm("pipeline", *sp, "--dataset", a.dataset, "--latency-budget", a.budget, *res,
-                "--random", str(a.random), "--epochs", str(a.epochs), "--train-epochs", str(a.train_epochs), "-o", str(a.work), *th)
+                "--random", str(a.random), "--epochs", str(a.epochs), "--train-epochs", str(a.train_epochs), "-o", str(a.work), *th,
+                *(("--multi-trial", str(a.multi_trial), "--trial-epochs", str(a.trial_epochs)) if a.multi_trial else ()))
     import targets
     from toolkit.bench.sysinfo import cpu_model
     from toolkit.search import latency

@@ -74,6 +74,10 @@ def test_pipeline_searches_trains_compiles_verifies_benches_and_reports(loose):
     assert lin["architecture"] == json.loads((out / "architecture.json").read_text())
     assert lin["dataset"]["name"] == "digits" and len(lin["dataset"]["sha256"]) == 64
     assert lin["validation_accuracy"] == summary["searched"]["validation_accuracy"] and lin["latency_model"]["fit_count"] == 8
+    dist = lin["training"]["distillation"]  # the distilled and the plain retraining, validation decides
+    assert dist["used"] == (dist["distilled_val_accuracy"] >= dist["plain_val_accuracy"])
+    assert lin["validation_accuracy"] == max(dist["distilled_val_accuracy"], dist["plain_val_accuracy"])
+    assert "retraining: distilled from the supernet" in report
     shown = run_cli("inspect", out / "artifact", check=True).stdout
     assert f"lineage: run {out.resolve()}" in shown and "dataset digits" in shown
 
@@ -96,21 +100,56 @@ def test_tighter_budget_picks_a_faster_net_and_tunes_its_hyperparameters(cache, 
     assert study.n_trials == 2  # resuming a killed study: tests/test_study.py
 
 
-def test_swap_refuses_a_less_accurate_version_unless_forced(loose, tmp_path):
+@pytest.fixture(scope="module")
+def worse_version(loose, tmp_path_factory):
+    """The searched net compiled again with a lineage 5 points less accurate: a version a live app should refuse."""
     from compile import compile_model
     import targets
-    from toolkit import runtime
 
     out, _ = loose
     lin = json.loads((out / "artifact" / "manifest.json").read_text())["lineage"]
-    worse = compile_model(out / "model.onnx", targets.load_target("host"), tmp_path / "worse", verify=False,
-                          lineage={**lin, "validation_accuracy": lin["validation_accuracy"] - 0.05}).artifact
-    live = runtime.load(out / "artifact")
+    worse = compile_model(out / "model.onnx", targets.load_target("host"), tmp_path_factory.mktemp("worse") / "art",
+                          verify=False, lineage={**lin, "validation_accuracy": lin["validation_accuracy"] - 0.05}).artifact
+    return out / "artifact", worse, lin["validation_accuracy"] - 0.05
+
+
+def test_swap_refuses_a_less_accurate_version_unless_forced(worse_version):
+    from toolkit import runtime
+
+    current, worse, _ = worse_version
+    live = runtime.load(current)
     with pytest.raises(Exception, match="validation accuracy is lower"):
         live.swap(worse)
-    assert live.path == out / "artifact"
+    assert live.path == current
     live.swap(worse, force=True)
     assert live.path == worse
+
+
+def test_cpp_runtime_swap_refuses_a_less_accurate_version_unless_forced(worse_version, host_artifact):
+    """Runtime::Swap in the C++ runtime edge apps embed, through autoglm-runner --swap-to."""
+    import subprocess
+
+    from compile.native import build_runtime, runner_path
+
+    current, worse, worse_acc = worse_version
+    runner = str(runner_path(build_runtime()))
+
+    def run(art, *extra):
+        return subprocess.run([runner, str(art), "--json", "--repeat", "0", *map(str, extra)], capture_output=True,
+                              text=True, timeout=300)
+
+    refused = run(current, "--swap-to", worse)
+    assert refused.returncode == 6 and "validation accuracy is lower" in refused.stderr
+    assert json.loads(refused.stdout)["error"]["type"] == "SwapRefusedError"
+    forced = run(current, "--swap-to", worse, "--force-swap")
+    assert forced.returncode == 0, forced.stderr
+    doc = json.loads(forced.stdout)
+    assert doc["artifact"] == str(worse) and doc["swapped_from"] == str(current)
+    assert doc["validation_accuracy"] == pytest.approx(worse_acc, abs=1e-6)
+    better = run(worse, "--swap-to", current)                      # a more accurate version swaps in
+    assert better.returncode == 0 and json.loads(better.stdout)["artifact"] == str(current)
+    other = run(host_artifact, "--swap-to", current, "--force-swap")  # another model: never, even forced
+    assert other.returncode == 6 and "inputs/outputs differ" in other.stderr
 
 
 def test_tiny_transformer_pipeline_on_text_recall(cache, tmp_path):
@@ -135,6 +174,25 @@ def test_tiny_transformer_pipeline_on_text_recall(cache, tmp_path):
     assert [c["kind"] for c in summary["candidates"]] == ["random", "baseline"]
 
 
+def test_multi_trial_search_through_the_cli(cache, tmp_path):
+    """NSGA-II over architectures instead of the supernet: every trial trained briefly, the front recorded, the
+    most accurate net within the budget retrained, compiled and verified; its lineage says how it was found."""
+    env, _, _ = cache
+    out = tmp_path / "mt"
+    proc = run_cli("search", "--dataset", "digits", "--resolution", "8", "--multi-trial", "4", "--trial-epochs", "1",
+                   "--train-epochs", "2", "--threads", "1", "--latency-budget", "1s", "-o", out, env=env, check=True, timeout=900)
+    assert "multi-trial NSGA-II, 4 architectures" in proc.stderr and "multi-trial: 4/4 " in proc.stderr
+    assert "distilled" not in proc.stderr  # no supernet to distil from
+    s = json.loads((out / "search.json").read_text())
+    assert s["search"]["strategy"] == "nsga2" and s["search"]["trials"] == 4
+    front = s["search_history"]
+    assert front and all(r["predicted_ms"] <= 1000 for r in front)
+    assert s["architecture"] == max(front, key=lambda r: r["val_accuracy"])["architecture"]
+    m = json.loads((out / "artifact" / "manifest.json").read_text())
+    assert m["verification"]["passed"] is True and m["lineage"]["search"]["study"].startswith("nsga2-mobile-cnn-digits")
+    assert (out / "study.db").is_file()
+
+
 @pytest.mark.parametrize("args, code, fragments", [
     (("search", "-o", "{tmp}/r", "--latency-budget", "2parsecs"), 2, ("is not a duration",)),
     (("search", "-o", "{tmp}/r", "--dataset", "cifar"), 2, ("unknown dataset 'cifar'",)),
@@ -147,6 +205,8 @@ def test_tiny_transformer_pipeline_on_text_recall(cache, tmp_path):
     (("latency-model", "build", "--target", "rpi4"), 2, ("does not run natively", "qemu timings are never latency")),
     (("latency-model", "eval", "--device", "qemu"), 2, ("qemu timings are never latency",)),
     (("search", "-o", "{tmp}/r", "--threads", "1"), 1, ("no mobile-cnn latency model for target host", "autoglm latency-model build")),
+    (("search", "-o", "{tmp}/r", "--multi-trial", "3", "--trials", "2"), 2, ("--multi-trial searches without a supernet",)),
+    (("pipeline", "-o", "{tmp}/r", "--multi-trial", "3", "--trial-epochs", "0"), 2, ("--trial-epochs >= 1",)),
 ])
 def test_bad_search_input_is_one_line(args, code, fragments, tmp_path):
     env = {"AUTOGLM_CACHE": str(tmp_path / "empty-cache")}

@@ -290,3 +290,65 @@ def test_supernet_fast_path_equals_the_masked_superkernel():
         masked = net(x, (ops, widths))
         fast = net(x, (ops.detach(), [w.detach() for w in widths]))
         torch.testing.assert_close(fast, masked.detach(), rtol=1e-5, atol=1e-5)
+
+
+# ---- multi-trial (NSGA-II) search ------------------------------------------------------------------------
+
+def _digits_subset(n: int = 256) -> Dataset:
+    full = load_dataset("digits")
+    return Dataset("digits-subset", *(Split(s.x[:n], s.y[:n]) for s in (full.train, full.val, full.test)), 10)
+
+
+def test_multi_trial_objective_trains_only_what_fits_the_budget_and_the_skip_cap():
+    import optuna
+
+    from toolkit.search import multi_trial as mt
+    from toolkit.search.train import TrainConfig
+
+    model, _ = _synthetic_model(4)
+    meta = {"resolution": 8, "in_channels": 1, "classes": 10}
+    ctx = mt.ArchTrialContext(_digits_subset(), meta, "mobile-cnn", model, None, 3, TrainConfig(epochs=1), 1)
+    sp = space
+    # slot 0 of a stage may not be skipped: its choices have no `skip`
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    arch = mt.architecture(ctx, trial)
+    assert "skip" not in trial.distributions["slot0"].choices and "skip" in trial.distributions["slot1"].choices
+    assert sp.validate(arch) == arch and arch["resolution"] == 8
+    pred = model.predict(arch)
+    fits = mt.ArchTrialContext(**{**ctx.__dict__, "budget_ms": 2 * pred})
+    acc, lat = mt.objective(fits, optuna.trial.FixedTrial(trial.params))
+    assert 0 < acc <= 1 and lat == pytest.approx(pred)
+    over = mt.ArchTrialContext(**{**ctx.__dict__, "budget_ms": 0.5 * pred})
+    fixed = optuna.trial.FixedTrial(trial.params)
+    assert mt.objective(over, fixed) == (0.0, pytest.approx(pred))
+    assert fixed.user_attrs["constraints"][0] > 0 and "test_accuracy" not in fixed.user_attrs  # not trained
+
+
+def test_multi_trial_search_returns_the_most_accurate_net_within_the_budget(tmp_path):
+    from toolkit.search import multi_trial as mt
+    from toolkit.search.train import TrainConfig
+
+    model, _ = _synthetic_model(5)
+    meta = {"resolution": 8, "in_channels": 1, "classes": 10}
+    preds = sorted(model.predict(space.sample(s, resolution=8)) for s in range(40))
+    budget = preds[28]  # ~70% of random nets fit
+    ctx = mt.ArchTrialContext(_digits_subset(), meta, "mobile-cnn", model, budget, 3, TrainConfig(epochs=1), 6)
+    lines: list[str] = []
+    res = mt.run_multi_trial(ctx, "nsga2-test", None, tmp_path, 1, 0, lines.append)
+    assert res.ran == 6 and res.trials == 6 and sum(ln.startswith("multi-trial: ") for ln in lines) == 7
+    assert all(r["predicted_ms"] <= budget for r in res.feasible)
+    assert res.arch == res.feasible[0]["architecture"]
+    assert res.feasible[0]["val_accuracy"] == max(r["val_accuracy"] for r in res.feasible)
+    front = res.front
+    assert [r["predicted_ms"] for r in front] == sorted(r["predicted_ms"] for r in front)
+    assert all(a["val_accuracy"] < b["val_accuracy"] for a, b in zip(front, front[1:]))
+    assert not any(o["val_accuracy"] >= f["val_accuracy"] and o["predicted_ms"] < f["predicted_ms"]
+                   for f in front for o in res.feasible)              # nothing beats a front member on both
+    assert res.within(front[0]["predicted_ms"]) == front[0]["architecture"]
+    # the study is in the run directory: a second run resumes it and trains nothing new
+    again = mt.run_multi_trial(ctx, "nsga2-test", None, tmp_path, 1, 0, lines.append)
+    assert again.ran == 0 and again.arch == res.arch and any("6 completed trials kept" in ln for ln in lines)
+    with pytest.raises(UsageError, match="none of the 6 architectures"):
+        mt.run_multi_trial(mt.ArchTrialContext(**{**ctx.__dict__, "budget_ms": 1e-9}), "nsga2-none", None, tmp_path, 1, 0,
+                           lines.append)

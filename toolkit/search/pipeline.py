@@ -72,10 +72,11 @@ def run_pipeline(opts: RunOptions, *, random_count: int = 4, latency_samples: in
     say("bench: the searched artifact against onnxruntime (same run, interleaved)")
     bench = bench_against_onnxruntime(Path(searched["artifact"]), device)
     summary = {"searched": {k: searched[k] for k in ("architecture", "validation_accuracy", "test_accuracy", "predicted_ms",
-                                                     "measured_ms", "latency_budget_ms", "artifact", "onnx", "skips")},
+                                                     "measured_ms", "latency_budget_ms", "artifact", "onnx", "skips", "training")},
                "candidates": candidates, "bench": bench, "latency_model": _model_accuracy(device, space.SPACE_NAME),
                "dataset": searched["dataset"], "target": opts.target.name, "threads": device.threads,
-               "seconds": time.monotonic() - t0, "budget_rounds": searched["budget_rounds"]}
+               "seconds": time.monotonic() - t0, "budget_rounds": searched["budget_rounds"], "search": searched["search"],
+               "pareto_front": searched["search_history"] if searched["search"]["strategy"] == "nsga2" else None}
     _save_json(opts.output / "pipeline.json", summary)
     from .report import write_report
 

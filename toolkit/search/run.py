@@ -39,6 +39,8 @@ class RunOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     space: str | None = None         # None: by the dataset's kind (images: mobile-cnn, text: tiny-transformer)
     trials: int = 0                  # Optuna trials tuning the search's hyperparameters (0: the defaults)
+    multi_trial: int = 0             # > 0: NSGA-II over architectures, this many trials, instead of the supernet
+    trial_epochs: int = 4            # training epochs of each multi-trial architecture
     storage: str | None = None
     workers: int = 1
     seed: int = 0
@@ -160,10 +162,30 @@ def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict
         tuned, hyper = tune_hyperparameters(ctx, opts, say)
         cfg = replace(tuned, epochs=cfg.epochs, seed=opts.seed)
         hyper["tuned"] = True
-    say(f"search: {space.SPACE_NAME}, {cfg.epochs} epochs on {data.name} at input size {resolution}, budget "
-        f"{'none' if opts.budget_ms is None else f'{opts.budget_ms:g} ms'}")
-    result = run_search(data, resolution, model, cfg, opts.budget_ms, say)
-    arch = result.arch
+    budget_text = "none" if opts.budget_ms is None else f"{opts.budget_ms:g} ms"
+    if opts.multi_trial:
+        from .multi_trial import ArchTrialContext, run_multi_trial
+
+        say(f"search: {space.SPACE_NAME}, multi-trial NSGA-II, {opts.multi_trial} architectures of {opts.trial_epochs} "
+            f"training epochs on {data.name} at input size {resolution}, budget {budget_text}")
+        ctx = ArchTrialContext(data, space.data_meta(data, resolution), space.SPACE_NAME, model, opts.budget_ms, cfg.max_skips,
+                               replace(opts.train, epochs=opts.trial_epochs, seed=opts.seed), opts.multi_trial, say)
+        name = f"nsga2-{space.SPACE_NAME}-{opts.dataset.replace('/', '_')}-{opts.target.name}"
+        mt = run_multi_trial(ctx, name, opts.storage, out, opts.workers, opts.seed, say)
+        arch, teacher, history, repairs = mt.arch, None, mt.front, []
+        strategy = {"strategy": "nsga2", "study": mt.study, "trials": mt.trials, "trial_epochs": opts.trial_epochs}
+
+        def refit(a: dict[str, Any], budget: float) -> tuple[dict[str, Any], list[str]]:
+            new = mt.within(budget)
+            return new, [f"the most accurate trial predicted within {budget:.3f} ms: {space.describe(new)}"]
+    else:
+        say(f"search: {space.SPACE_NAME}, {cfg.epochs} epochs on {data.name} at input size {resolution}, budget {budget_text}")
+        result = run_search(data, resolution, model, cfg, opts.budget_ms, say)
+        arch, teacher, history, repairs = result.arch, supernet_teacher(result.supernet), result.history, result.repairs
+        strategy = {"strategy": "supernet", **cfg.to_json()}
+
+        def refit(a: dict[str, Any], budget: float) -> tuple[dict[str, Any], list[str]]:
+            return fit_budget(a, result.supernet, model, budget, cfg.max_skips)
     # re-measure what the search returns: the latency model is a model; the budget is about the device
     store = latency.MeasurementStore(latency.model_dir(device, space.SPACE_NAME)[0], space.SPACE_NAME)
     rounds = []
@@ -174,13 +196,25 @@ def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict
         say(f"budget check: {space.describe(arch)}: predicted {pred:.3f} ms, measured {rec['latency_ms']:.3f} ms")
         if opts.budget_ms is None or rec["latency_ms"] <= opts.budget_ms or i == MAX_REMEASURE - 1:
             break
-        arch, moves = fit_budget(arch, result.supernet, model, opts.budget_ms * pred / rec["latency_ms"], cfg.max_skips)
+        arch, moves = refit(arch, opts.budget_ms * pred / rec["latency_ms"])
         for mv in moves:
             say(f"budget check: over budget, shrink: {mv}")
     _save_json(out / "architecture.json", arch)
-    say(f"retrain: {space.describe(arch)} from scratch, distilled from the supernet")
-    tcfg = replace(opts.train, seed=opts.seed)
-    module, tr = train_architecture(arch, data, tcfg, supernet_teacher(result.supernet), say, "retrain")
+    say(f"retrain: {space.describe(arch)} from scratch" + (", distilled from the supernet" if teacher else ""))
+    tcfg = replace(opts.train, seed=opts.seed, kd_alpha=opts.train.kd_alpha if teacher else 0.0)
+    module, tr = train_architecture(arch, data, tcfg, teacher, say, "retrain")
+    distillation: dict[str, Any] = {"used": False}
+    if teacher is not None and tcfg.kd_alpha > 0:
+        # A supernet trained for a few epochs can be a weaker teacher than the student it teaches (digits-hard:
+        # 49% validation accuracy): the same training without it is run too, and validation decides.
+        say("retrain: the same training without distillation, to compare on the validation split")
+        plain, ptr = train_architecture(arch, data, replace(tcfg, kd_alpha=0.0), None, say, "retrain (plain)")
+        keep_kd = tr.val_accuracy >= ptr.val_accuracy
+        distillation = {"used": keep_kd, "distilled_val_accuracy": tr.val_accuracy, "plain_val_accuracy": ptr.val_accuracy}
+        say(f"retrain: validation accuracy distilled {100 * tr.val_accuracy:.1f}%, plain {100 * ptr.val_accuracy:.1f}%: "
+            f"keeping the {'distilled' if keep_kd else 'plain'} one")
+        if not keep_kd:
+            module, tr = plain, ptr
     say(f"retrain: val accuracy {100 * tr.val_accuracy:.1f}%, test accuracy {100 * tr.test_accuracy:.1f}% "
         f"(best epoch {tr.best_epoch} of {tr.epochs})")
     onnx_path = export_trained(module, arch, out / "model.onnx")
@@ -190,7 +224,8 @@ def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict
         "run": str(out.resolve()), "space": space.SPACE_NAME, "architecture": arch,
         "dataset": {"name": data.name, "sha256": data.sha256, "train": len(data.train.y), "val": len(data.val.y),
                     "test": len(data.test.y)},
-        "seed": opts.seed, "search": cfg.to_json(), "training": {**tcfg.__dict__}, "hyperparameters": hyper,
+        "seed": opts.seed, "search": strategy, "training": {**tcfg.__dict__, "distillation": distillation},
+        "hyperparameters": hyper,
         "validation_accuracy": tr.val_accuracy, "test_accuracy": tr.test_accuracy,
         "latency_budget_ms": opts.budget_ms, "predicted_ms": rounds[-1]["predicted_ms"], "measured_ms": rounds[-1]["measured_ms"],
         "latency_model": {"key": model.key, "spec_version": latency.SPEC_VERSION, "fit_count": model.fit_count,
@@ -203,6 +238,6 @@ def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict
     res = compile_model(onnx_path, opts.target, art, lineage=lineage, progress=say)
     summary = {**lineage, "artifact": str(art), "onnx": str(onnx_path), "verification": res.manifest["verification"],
                "budget_rounds": rounds, "skips": count_skips(arch), "max_skips": cfg.max_skips,
-               "search_history": result.history, "fit_moves": result.repairs, "seconds": time.monotonic() - t_start}
+               "search_history": history, "fit_moves": repairs, "seconds": time.monotonic() - t_start}
     _save_json(out / "search.json", summary)
     return summary
