@@ -28,6 +28,26 @@ def test_load_and_run_matches_onnxruntime(host_artifact, convnet_onnx):
         m.run({"x": x.astype(np.float64)})
 
 
+def test_load_sizes_tvm_threads_from_the_artifact_unless_told(host_artifact):
+    """Without TVM_NUM_THREADS TVM ran one thread through its pool (2.6x slower calls here): `load` sets it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from toolkit import runtime; runtime.load(sys.argv[1]); print(os.environ['TVM_NUM_THREADS']); "
+            "runtime.load(sys.argv[1], threads=1); print(os.environ['TVM_NUM_THREADS'])")
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    declared = json.loads((host_artifact / "manifest.json").read_text())["target"]["threads"]
+    out = subprocess.run([sys.executable, "-c", code, str(host_artifact)], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(declared), "1"]
+    out = subprocess.run([sys.executable, "-c", code, str(host_artifact)], env={**env, "TVM_NUM_THREADS": "3"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "1"]  # the user's setting wins over the artifact's
+    with pytest.raises(UsageError, match="threads is 0"):
+        runtime.load(host_artifact, threads=0)
+
+
 def test_concurrent_runs_are_independent(host_artifact, convnet_onnx):
     m = runtime.load(host_artifact)
     rng = np.random.default_rng(7)

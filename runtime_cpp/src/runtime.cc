@@ -15,6 +15,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -345,6 +346,8 @@ struct Runtime::Impl {
   ffi::Function alloc_tensor, copy_from_bytes, copy_to_bytes, stream_sync;
   std::map<std::string, std::pair<int64_t, int64_t>> index_bounds;  // input name -> [lo, hi]
   int library_fd = -1;
+  double validation_accuracy = -1;  // lineage.validation_accuracy, or -1 if the manifest has none
+  RuntimeOptions options;
 
   ~Impl() {
     if (library_fd >= 0) close(library_fd);
@@ -465,6 +468,14 @@ void Runtime::Impl::ReadManifest(int dir_fd, bool verify_checksums) {
     device = target.has("device") ? target.at("device").as_string() : "cpu";
     if (arch != "x86_64" && arch != "aarch64" && arch != "arm") {
       throw ManifestError(path + ": target.arch must be x86_64, aarch64 or arm, got '" + arch + "'");
+    }
+    if (m.has("lineage") && m.at("lineage").is_object() && m.at("lineage").has("validation_accuracy") &&
+        !m.at("lineage").at("validation_accuracy").is_null()) {
+      const auto& acc = m.at("lineage").at("validation_accuracy");
+      if (!acc.is_number() || !(acc.as_number() >= 0 && acc.as_number() <= 1)) {
+        throw ManifestError(path + ": lineage.validation_accuracy must be a number from 0 to 1");
+      }
+      validation_accuracy = acc.as_number();
     }
     if (!m.has("library") || !m.at("library").is_string()) throw ManifestError(path + ": 'library' must be a string");
     library_name = m.at("library").as_string();
@@ -684,6 +695,7 @@ Runtime::Runtime(const std::string& artifact_dir, const RuntimeOptions& options)
     : impl_(std::make_unique<Impl>()) {
   const auto start = Clock::now();
   Impl& s = *impl_;
+  s.options = options;
   s.dir = artifact_dir;
   while (s.dir.size() > 1 && s.dir.back() == '/') s.dir.pop_back();
   if (options.num_threads < 0) throw Error("num_threads must be >= 0 (0 keeps TVM's default)");
@@ -737,6 +749,47 @@ const std::string& Runtime::target_name() const { return impl_->target_name; }
 const std::string& Runtime::arch() const { return impl_->arch; }
 const std::string& Runtime::device() const { return impl_->device; }
 double Runtime::load_ms() const { return impl_->load_ms; }
+const std::string& Runtime::artifact_dir() const { return impl_->dir; }
+double Runtime::validation_accuracy() const { return impl_->validation_accuracy; }
+
+namespace {
+std::string Signature(const std::vector<TensorInfo>& ins, const std::vector<TensorInfo>& outs) {
+  auto fmt = [](const std::vector<TensorInfo>& v) {
+    std::string s;
+    for (const auto& t : v) {
+      s += (s.empty() ? "" : ", ") + t.name + "[";
+      for (size_t i = 0; i < t.shape.size(); ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
+      s += "]:" + t.dtype;
+    }
+    return s;
+  };
+  return "(" + fmt(ins) + ") -> (" + fmt(outs) + ")";
+}
+
+std::string Percent(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f%%", 100 * v);
+  return buf;
+}
+}  // namespace
+
+void Runtime::Swap(const std::string& new_artifact_dir, bool force) {
+  Runtime next(new_artifact_dir, impl_->options);  // throws before anything here changes
+  const Impl& old = *impl_;
+  const Impl& neu = *next.impl_;
+  const std::string sig_old = Signature(old.inputs, old.outputs), sig_new = Signature(neu.inputs, neu.outputs);
+  if (sig_old != sig_new) {
+    throw SwapRefusedError("cannot swap " + old.dir + " for " + neu.dir + ": inputs/outputs differ (" + sig_old +
+                           " vs " + sig_new + "); load it as a separate model instead");
+  }
+  if (!force && old.validation_accuracy >= 0 && neu.validation_accuracy >= 0 &&
+      neu.validation_accuracy < old.validation_accuracy) {
+    throw SwapRefusedError("cannot swap " + old.dir + " for " + neu.dir + ": its validation accuracy is lower (" +
+                           Percent(neu.validation_accuracy) + " vs " + Percent(old.validation_accuracy) +
+                           ", from their lineage); force the swap to swap anyway");
+  }
+  impl_.swap(next.impl_);
+}
 
 std::vector<HostTensor> Runtime::Run(const std::vector<HostTensor>& inputs) {
   std::vector<HostTensor> out = impl_->ToHost(impl_->Call(impl_->ToDevice(inputs)));

@@ -1,12 +1,13 @@
 // autoglm-runner: load an artifact, run it once on given or random inputs, time it, and report.
 //
 //   autoglm-runner ARTIFACT_DIR [--input NAME=file.npy ...|--random SEED] [--output-dir DIR]
-//                  [--warmup N] [--repeat N] [--threads N] [--json]
+//                  [--warmup N] [--repeat N] [--threads N] [--json] [--swap-to DIR [--force-swap]]
 //
 // Exit status: 0 ok, 2 bad usage (unknown flag, missing --input, an input of the wrong shape or dtype or
 // with an index outside the model's table), 3 bad manifest (a missing or wrong-typed field, a path
 // outside the artifact), 4 checksum mismatch (a file, the manifest, a symbolic link in the artifact),
-// 5 artifact for another architecture/device, 1 any other failure.
+// 5 artifact for another architecture/device, 6 --swap-to refused (other inputs/outputs, lower validation
+// accuracy), 1 any other failure.
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -35,7 +36,9 @@ constexpr const char* kUsage =
     "  --warmup N         untimed runs before timing (default 1)\n"
     "  --repeat N         timed runs (default 10; 0 runs once, untimed)\n"
     "  --threads N        TVM CPU thread pool size (default: TVM's choice)\n"
-    "  --json             print one JSON object on stdout instead of text\n";
+    "  --json             print one JSON object on stdout instead of text\n"
+    "  --swap-to DIR      load ARTIFACT_DIR, then swap to DIR as a live app would (Runtime::Swap) and run that\n"
+    "  --force-swap       swap even to a version with a lower validation accuracy\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -51,6 +54,8 @@ struct Args {
   int repeat = 10;
   int threads = 0;
   bool json = false;
+  std::string swap_to;
+  bool force_swap = false;
 };
 
 int ParseCount(const std::string& flag, const std::string& value) {
@@ -99,6 +104,10 @@ Args ParseArgs(int argc, char** argv) {
       a.threads = ParseCount(arg, value());
     } else if (arg == "--json") {
       a.json = true;
+    } else if (arg == "--swap-to") {
+      a.swap_to = value();
+    } else if (arg == "--force-swap") {
+      a.force_swap = true;
     } else if (!arg.empty() && arg[0] == '-') {
       throw UsageError("unknown option " + arg);
     } else if (a.artifact.empty()) {
@@ -109,6 +118,7 @@ Args ParseArgs(int argc, char** argv) {
   }
   if (a.artifact.empty()) throw UsageError("missing ARTIFACT_DIR");
   if (a.seed_given && !a.input_files.empty()) throw UsageError("give either --input or --random, not both");
+  if (a.force_swap && a.swap_to.empty()) throw UsageError("--force-swap needs --swap-to DIR");
   return a;
 }
 
@@ -178,6 +188,8 @@ int Main(const Args& args) {
   autoglm::RuntimeOptions options;
   options.num_threads = args.threads;
   autoglm::Runtime rt(args.artifact, options);
+  const std::string first_artifact = rt.artifact_dir();
+  if (!args.swap_to.empty()) rt.Swap(args.swap_to, args.force_swap);
 
   std::string input_names;
   for (const auto& info : rt.inputs()) input_names += (input_names.empty() ? "" : ", ") + info.name;
@@ -223,12 +235,14 @@ int Main(const Args& args) {
 
   std::ostringstream o;
   if (args.json) {
-    o << "{\"schema\": \"autoglm-runner/1\", \"artifact\": " << JsonQuote(args.artifact)
+    o << "{\"schema\": \"autoglm-runner/1\", \"artifact\": " << JsonQuote(rt.artifact_dir())
       << ", \"target\": " << JsonQuote(rt.target_name()) << ", \"arch\": " << JsonQuote(rt.arch())
       << ", \"device\": " << JsonQuote(rt.device())
       << ", \"runtime_arch\": " << JsonQuote(autoglm::Runtime::BuildArch())
       << ", \"threads\": " << args.threads << ", \"load_ms\": " << Num(rt.load_ms())
       << ", \"first_inference_ms\": " << Num(first_ms) << ", \"warmup\": " << args.warmup
+      << ", \"swapped_from\": " << (args.swap_to.empty() ? "null" : JsonQuote(first_artifact))
+      << ", \"validation_accuracy\": " << (rt.validation_accuracy() >= 0 ? Num(rt.validation_accuracy()) : "null")
       << ", \"repeat\": " << args.repeat << ", \"latencies_ms\": [";
     for (size_t i = 0; i < latencies.size(); ++i) o << (i ? ", " : "") << Num(latencies[i]);
     o << "], \"latency_ms\": ";
@@ -255,7 +269,8 @@ int Main(const Args& args) {
     }
     o << "]}\n";
   } else {
-    o << "artifact   " << args.artifact << " (target " << rt.target_name() << ", " << rt.arch() << ", "
+    if (!args.swap_to.empty()) o << "swapped    from " << first_artifact << "\n";
+    o << "artifact   " << rt.artifact_dir() << " (target " << rt.target_name() << ", " << rt.arch() << ", "
       << rt.device() << ")\n"
       << "load       " << Num(rt.load_ms()) << " ms\n"
       << "first run  " << Num(first_ms) << " ms\n";
@@ -308,6 +323,8 @@ int main(int argc, char** argv) {
     return Fail(json, "ChecksumError", e.what(), 4);
   } catch (const autoglm::ArchMismatchError& e) {
     return Fail(json, "ArchMismatchError", e.what(), 5);
+  } catch (const autoglm::SwapRefusedError& e) {
+    return Fail(json, "SwapRefusedError", e.what(), 6);
   } catch (const std::exception& e) {
     return Fail(json, "Error", e.what(), 1);
   }

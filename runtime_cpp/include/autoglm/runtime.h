@@ -46,6 +46,12 @@ class ArchMismatchError : public Error {
   using Error::Error;
 };
 /*! \brief An input has the wrong shape or dtype, or a value outside the range the model can index. */
+/*! \brief Runtime::Swap refused the new version (other inputs/outputs, or a lower validation accuracy). */
+class SwapRefusedError : public Error {
+ public:
+  using Error::Error;
+};
+
 class InputError : public Error {
  public:
   using Error::Error;
@@ -120,6 +126,19 @@ class Runtime {
   const std::string& device() const;
   /*! \brief Wall time the constructor took (checksums, library load, VM init), in ms. */
   double load_ms() const;
+  /*! \brief The artifact directory this runtime serves. */
+  const std::string& artifact_dir() const;
+  /*! \brief The manifest's lineage.validation_accuracy (artifacts of `autoglm search`), or a negative value if none. */
+  double validation_accuracy() const;
+
+  /*!
+   * \brief Load `new_artifact_dir` (verified like the constructor, same options) and serve it from now on.
+   * It must take the same inputs and give the same outputs (names, shapes, dtypes); when both versions record a
+   * validation accuracy in their lineage, a less accurate one is refused unless `force`. Refusals throw
+   * SwapRefusedError, a bad artifact the constructor's errors; either way this runtime keeps its version.
+   * Like Run, not to be called concurrently with other calls on this object.
+   */
+  void Swap(const std::string& new_artifact_dir, bool force = false);
 
   /*! \brief Run `main` on inputs given in manifest order; outputs come in manifest order. */
   std::vector<HostTensor> Run(const std::vector<HostTensor>& inputs);
