@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from targets import Target, host_arch
 
 from .artifact import (
@@ -75,7 +77,12 @@ def _reference_run(model: ImportedModel, seed: int) -> tuple[ReferenceRuntime, d
     onnxruntime's own integer kernels, whose requantization differs): the quantized semantics."""
     inputs = random_inputs(model.inputs, seed)
     try:
-        ref = ReferenceRuntime.open(model.path, model.format, literal=model.quantized)
+        if model.tflite_qdq is not None:
+            # a full-integer TFLite model: its QDQ graph as written is what the artifact computes (LiteRT's own
+            # kernels are checked against that graph operator by operator: _litert_checks)
+            ref = ReferenceRuntime.open(model.tflite_qdq.model.SerializeToString(), "onnx", literal=True)
+        else:
+            ref = ReferenceRuntime.open(model.path, model.format, literal=model.quantized)
         expected = ref.run(inputs)
     except AutoglmError:
         raise
@@ -97,10 +104,20 @@ def _quantized_atol(model: ImportedModel, atol: float) -> float:
     """A QDQ model's outputs may be a step or two apart (see INT8_VERIFY_STEPS)."""
     if not model.quantized:
         return atol
+    return max([atol] + [INT8_VERIFY_STEPS * 1.001 * s for s in quantized_output_steps(model.path, model.format)])
+
+
+def quantized_output_steps(path: Path, fmt: str) -> list[float]:
+    """The quantization step of each output of a quantized model that has one (in the output's units)."""
+    if fmt == "tflite":
+        import tflite
+
+        from .tflite_int8 import output_steps as tflite_steps
+
+        return tflite_steps(tflite.Model.GetRootAsModel(Path(path).read_bytes(), 0))
     from .quantize import output_steps
 
-    steps = output_steps(model.path)
-    return max([atol] + [INT8_VERIFY_STEPS * 1.001 * s for s in steps.values()])
+    return list(output_steps(Path(path)).values())
 
 
 def verify_library(lib_path: Path, model: ImportedModel, device: str, *, seed: int, atol: float, rtol: float) -> dict[str, Any]:
@@ -109,8 +126,35 @@ def verify_library(lib_path: Path, model: ImportedModel, device: str, *, seed: i
     ref, inputs, expected = _reference_run(model, seed)
     actual = VMExecutor(lib_path, device).run([inputs[s.name] for s in model.inputs])
     result = compare(actual, expected, atol, rtol)
-    return {"reference": ref.name, "reference_version": ref.version, "seed": seed, "how": "verified on this machine",
-            **result.to_json()}
+    return _litert_checks(model, inputs, actual, {
+        "reference": ref.name, "reference_version": ref.version, "seed": seed, "how": "verified on this machine",
+        **result.to_json()})
+
+
+def _litert_checks(model: ImportedModel, inputs: dict[str, Any], actual: list, verification: dict[str, Any]) -> dict[str, Any]:
+    """A full-integer TFLite model: its QDQ graph's operators against LiteRT's integer kernels (a conversion
+    error fails the verification), and the artifact's outputs against LiteRT's end to end (recorded: roundings
+    of a step at one operator travel through the next ones, see compile/tflite_int8.py)."""
+    if model.tflite_qdq is None:
+        return verification
+    from .tflite_int8 import check_operators_against_litert
+
+    ops = check_operators_against_litert(model.path, model.tflite_qdq, inputs)
+    ref = ReferenceRuntime.open(model.path, "tflite")
+    litert = ref.run(inputs)
+    steps = quantized_output_steps(model.path, "tflite")
+    diffs = [np.abs(a.astype(np.float64) - e.astype(np.float64)) / (s or 1.0) for a, e, s in zip(actual, litert, steps)]
+    end = {"runtime": ref.name, "version": ref.version,
+           "max_steps": round(max(float(d.max(initial=0.0)) for d in diffs), 3),
+           "equal_fraction": round(sum(int((d < 1e-6).sum()) for d in diffs) / max(1, sum(d.size for d in diffs)), 4)}
+    verification = {**verification, "reference": f"{verification['reference']} (the QDQ graph of the TFLite model)",
+                    "litert_operators": ops, "litert_end_to_end": end}
+    if not ops["passed"]:
+        verification["passed"] = False
+        verification["failure"] = (f"the QDQ graph differs from LiteRT's integer kernels at {ops['worst_operator']} by "
+                                   f"{ops['max_steps']:g} steps (given LiteRT's own inputs; tolerance "
+                                   f"{ops['tolerance_steps']} step): a conversion error, please report it")
+    return verification
 
 
 def verify_emulated(staged: Path, model: ImportedModel, target: Target, *, seed: int, atol: float, rtol: float) -> dict[str, Any]:
@@ -124,8 +168,9 @@ def verify_emulated(staged: Path, model: ImportedModel, target: Target, *, seed:
                        threads=min(2, target.threads), scratch_dir=staged.parent)
     actual = [run.outputs[name] for name in run.outputs]
     result = compare(actual, expected, atol, rtol)
-    return {"reference": ref.name, "reference_version": ref.version, "seed": seed,
-            "how": f"verified under {emulator_name(target.arch)} with the C++ runner, reference on the host", **result.to_json()}
+    return _litert_checks(model, inputs, actual, {
+        "reference": ref.name, "reference_version": ref.version, "seed": seed,
+        "how": f"verified under {emulator_name(target.arch)} with the C++ runner, reference on the host", **result.to_json()})
 
 
 def compile_model(
@@ -198,7 +243,8 @@ def compile_model(
             precision = {"mode": "int8", "calibration": record, "quantized_model": QUANTIZED_ONNX}
         elif model.quantized:
             precision = {"mode": "int8", "calibration": None, "quantized_model": None,
-                         "notes": ["a QDQ model: quantized before it came here"]}
+                         "notes": ["a full-integer TFLite model: quantized before it came here, imported as a QDQ "
+                                   "graph" if model.format == "tflite" else "a QDQ model: quantized before it came here"]}
         lib = tmp / LIBRARY
         stats, compiler_line = build_library_for(model, target, lib, tuning_db, stages)
         if precision["mode"] == "int8":
@@ -222,6 +268,8 @@ def compile_model(
                 verification = verify_library(lib, model, target.device, seed=seed, atol=atol, rtol=rtol)
         else:
             verification = {"passed": None, "skipped": "disabled with --no-verify" if mode is not None else where}
+        if verify and not verification["passed"] and "failure" in verification:
+            raise VerificationError(f"{verification['failure']}; nothing was written")
         if verify and not verification["passed"]:
             raise VerificationError(
                 f"the compiled model disagrees with {verification['reference']} ({verification['how']}): max abs error "

@@ -45,6 +45,7 @@ class ImportedModel:
     output_names: list[str]
     notes: list[str] = field(default_factory=list)
     prepared_onnx: bytes | None = None  # the simplified ONNX that was imported
+    tflite_qdq: Any = None  # a full-integer TFLite model's QDQ graph (compile/tflite_int8.QdqConversion)
 
     @property
     def name(self) -> str:
@@ -52,11 +53,11 @@ class ImportedModel:
 
     @property
     def quantized(self) -> bool:
-        """A QDQ model (quantize/dequantize in the graph): built with integer kernels, checked against its
-        literal execution."""
+        """A QDQ model (quantize/dequantize in the graph) or a full-integer TFLite model: built with integer
+        kernels, checked within a few output steps against its literal execution (onnxruntime) or LiteRT."""
         from .int8 import is_quantized
 
-        return self.format == ONNX and is_quantized(self.mod)
+        return is_quantized(self.mod)
 
 
 def sha256_file(path: Path) -> str:
@@ -218,6 +219,16 @@ def _load_onnx(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedMod
     model = _read_onnx(path)
     specs = fix_shapes(onnx_input_specs(model), overrides)
     notes: list[str] = []
+    mod, prepared = _import_onnx(model, specs, path.name, notes)
+    return ImportedModel(
+        path=path, format=ONNX, sha256=sha256_file(path), inputs=specs, mod=mod,
+        output_names=[o.name for o in model.graph.output], notes=notes,
+        prepared_onnx=prepared.SerializeToString(),
+    )
+
+
+def _import_onnx(model, specs: list[TensorSpec], label: str, notes: list[str]):
+    """(Relax module, the simplified ONNX model that was imported) for an ONNX model with fixed input shapes."""
     problems: list[str] = []
     from .onnx_simplify import simplify_onnx
 
@@ -225,7 +236,7 @@ def _load_onnx(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedMod
     missing = _unsupported_onnx_ops(prepared)
     if missing:
         raise UnsupportedOperatorError(
-            f"TVM 0.27 cannot import {len(missing)} operator(s) of {path.name}: {', '.join(missing[:5])}"
+            f"TVM 0.27 cannot import {len(missing)} operator(s) of {label}: {', '.join(missing[:5])}"
             f"{' ...' if len(missing) > 5 else ''}; replace them in the model with operators TVM imports and retry"
         )
     from tvm.relax.frontend.onnx import from_onnx
@@ -247,17 +258,13 @@ def _load_onnx(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedMod
         if problems:
             # TVM compiles both branches of a run-time If: one that cannot work with these shapes is the cause.
             raise UnsupportedOperatorError(
-                f"cannot import {path.name}: {problems[0]}; TVM compiles both branches of such an If, so give input "
+                f"cannot import {label}: {problems[0]}; TVM compiles both branches of such an If, so give input "
                 f"shapes valid for both, or use a model exported without that If (e.g. for one value of the input)"
             ) from None
         if isinstance(exc, AutoglmError):
             raise
-        raise CompileFailure(f"TVM's ONNX importer failed on {path.name}: {_one_line(exc)}") from None
-    return ImportedModel(
-        path=path, format=ONNX, sha256=sha256_file(path), inputs=specs, mod=mod,
-        output_names=[o.name for o in model.graph.output], notes=notes,
-        prepared_onnx=prepared.SerializeToString(),
-    )
+        raise CompileFailure(f"TVM's ONNX importer failed on {label}: {_one_line(exc)}") from None
+    return mod, prepared
 
 
 # --------------------------------------------------------------------------- TFLite
@@ -302,6 +309,17 @@ def _load_tflite(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedM
             f"{path.name} uses TFLite custom operator(s) {names}, which TVM cannot import; re-export the model "
             f"with builtin TFLite operators only{f' ({hints})' if hints else ''}, or compile its ONNX version"
         )
+    from .tflite_int8 import is_quantized_tflite, to_qdq_onnx
+
+    if is_quantized_tflite(model):
+        # TVM's TFLite importer cannot read quantized tensors: the same model as a QDQ graph, then the
+        # integer rewrite every QDQ model gets (compile/tflite_int8.py)
+        qdq = to_qdq_onnx(model, buf, {s.name: s.shape for s in specs})
+        notes = ["a full-integer TFLite model, imported as a QDQ graph (compile/tflite_int8.py)"]
+        mod, prepared = _import_onnx(qdq.model, specs, path.name, notes)
+        return ImportedModel(path=path, format=TFLITE, sha256=sha256_file(path), inputs=specs, mod=mod,
+                             output_names=output_names, notes=notes, prepared_onnx=prepared.SerializeToString(),
+                             tflite_qdq=qdq)
     from tvm.relax.frontend.tflite import from_tflite
 
     try:

@@ -56,13 +56,14 @@ class ReferenceRuntime:
     kind: str
 
     @classmethod
-    def open(cls, model_path: Path, fmt: str, threads: int = 1, literal: bool = False) -> "ReferenceRuntime":
-        """`literal`: onnxruntime with graph optimizations off (a QDQ graph executed as written)."""
+    def open(cls, model_path: Path | bytes, fmt: str, threads: int = 1, literal: bool = False) -> "ReferenceRuntime":
+        """`literal`: onnxruntime with graph optimizations off (a QDQ graph executed as written). An ONNX
+        model may be given as its serialized bytes."""
         with quiet_native_stderr():  # LiteRT announces its XNNPACK delegate on every interpreter
             return cls._open(model_path, fmt, threads, literal)
 
     @classmethod
-    def _open(cls, model_path: Path, fmt: str, threads: int, literal: bool = False) -> "ReferenceRuntime":
+    def _open(cls, model_path: Path | bytes, fmt: str, threads: int, literal: bool = False) -> "ReferenceRuntime":
         if fmt == ONNX:
             import onnxruntime as ort
 
@@ -71,7 +72,8 @@ class ReferenceRuntime:
             opts.inter_op_num_threads = 1
             if literal:
                 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+            source = model_path if isinstance(model_path, bytes) else str(model_path)
+            sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
             return cls("onnxruntime", ort.__version__, sess, ONNX)
         Interpreter = tflite_interpreter_class()
         interp = Interpreter(model_path=str(model_path), num_threads=threads)

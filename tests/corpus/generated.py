@@ -135,8 +135,9 @@ class _TfliteWriter:
         return bytes(b.Output())
 
 
-def tflite_graph(seed: int, path: Path, n_ops: int | None = None) -> GeneratedGraph:
-    """A random NHWC TFLite graph of 3..6 blocks, written to `path`."""
+def tflite_graph(seed: int, path: Path, n_ops: int | None = None, float_weights: bool = False) -> GeneratedGraph:
+    """A random NHWC TFLite graph of 3..6 blocks, written to `path`; `float_weights`: no float16 weights
+    (LiteRT's post-training quantizer refuses their DEQUANTIZE), the same graph otherwise."""
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     w = _TfliteWriter()
@@ -178,7 +179,7 @@ def tflite_graph(seed: int, path: Path, n_ops: int | None = None) -> GeneratedGr
             padding = rng.choice(["SAME", "VALID"])
             if padding == "VALID" and (k - 1) * dil + 1 > min(hh, ww):
                 padding = "SAME"
-            cout, act, fp16 = _odd_channels(rng), rng.choice(ACTS), rng.random() < 0.3
+            cout, act, fp16 = _odd_channels(rng), rng.choice(ACTS), rng.random() < 0.3 and not float_weights
             x, shape = conv(x, shape, k=k, stride=stride, dil=dil, padding=padding, cout=cout, act=act, fp16=fp16)
             ops.append(f"conv{k}x{k}/s{stride}/d{dil}/{padding}/{cc}->{cout}/{act}{'/fp16' if fp16 else ''}")
         elif kind == "depthwise":
@@ -186,7 +187,7 @@ def tflite_graph(seed: int, path: Path, n_ops: int | None = None) -> GeneratedGr
             stride = rng.choice([1, 2])
             mult = rng.choice([1, 1, 2])
             padding = rng.choice(["SAME", "VALID"]) if min(hh, ww) >= k else "SAME"
-            act, fp16 = rng.choice(ACTS), rng.random() < 0.3
+            act, fp16 = rng.choice(ACTS), rng.random() < 0.3 and not float_weights
             if padding == "SAME":
                 oh, ow = -(-hh // stride), -(-ww // stride)
             else:
