@@ -314,7 +314,10 @@ def _load_tflite(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedM
     if is_quantized_tflite(model):
         # TVM's TFLite importer cannot read quantized tensors: the same model as a QDQ graph, then the
         # integer rewrite every QDQ model gets (compile/tflite_int8.py)
-        qdq = to_qdq_onnx(model, buf, {s.name: s.shape for s in specs})
+        try:
+            qdq = to_qdq_onnx(model, buf, {s.name: s.shape for s in specs})
+        except AutoglmError as exc:
+            raise type(exc)(f"{path.name}: {exc}") from None
         notes = ["a full-integer TFLite model, imported as a QDQ graph (compile/tflite_int8.py)"]
         mod, prepared = _import_onnx(qdq.model, specs, path.name, notes)
         return ImportedModel(path=path, format=TFLITE, sha256=sha256_file(path), inputs=specs, mod=mod,

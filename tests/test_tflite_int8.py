@@ -1,0 +1,172 @@
+"""Full-integer TFLite models (compile/tflite_int8.py): import as a QDQ graph, integer kernels per target,
+verification against LiteRT's integer execution, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import targets
+from compile import load_model
+from compile.build import cpu_front_passes
+from compile.quantize import quantize_tflite
+from compile.reference import ReferenceRuntime
+from compile.schedules import schedule_names, schedule_passes
+from conftest import assert_nothing_written, assert_user_error, have, run_cli
+
+
+def _quantized_fixture(small_tflite: Path, out: Path, io_dtype: str) -> Path:
+    """tests/fixtures/small_cnn.tflite (litert-torch: transpose, pad, conv, depthwise, 1x1 conv, mean, dense)
+    quantized to full integer by LiteRT's own post-training quantizer on 16 seeded random inputs."""
+    rng = np.random.default_rng(0)
+    samples = [[rng.standard_normal((1, 3, 32, 32)).astype(np.float32)] for _ in range(16)]
+    out.write_bytes(quantize_tflite(small_tflite.read_bytes(), samples, io_dtype))
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_io(small_tflite, tmp_path_factory) -> Path:
+    return _quantized_fixture(small_tflite, tmp_path_factory.mktemp("tfl") / "small_cnn_int8.tflite", "int8")
+
+
+@pytest.fixture(scope="module")
+def float_io(small_tflite, tmp_path_factory) -> Path:
+    return _quantized_fixture(small_tflite, tmp_path_factory.mktemp("tfl") / "small_cnn_int8_float_io.tflite", "float32")
+
+
+@pytest.fixture(scope="module")
+def host_artifact(int8_io, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "host"
+    proc = run_cli("compile", int8_io, "-o", out, "--explain", check=True)
+    return out, proc
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_full_integer_tflite_compiles_to_integer_kernels_and_matches_litert(host_artifact, int8_io):
+    out, proc = host_artifact
+    m = _manifest(out)
+    assert m["model"]["format"] == "tflite" and m["precision"]["mode"] == "int8"
+    # every conv (stem, depthwise, pointwise) and the dense layer are 8-bit x 8-bit -> int32 kernels
+    assert m["precision"]["integer_ops"] == {"conv2d": 3, "matmul": 1}, m["precision"]
+    assert m["precision"]["float_ops"] == {}, m["precision"]["float_ops"]
+    assert [i["dtype"] for i in m["inputs"]] == ["int8"] and [o["dtype"] for o in m["outputs"]] == ["int8"]
+    v = m["verification"]
+    assert v["passed"] is True and v["max_abs_error"] <= 2, v
+    ops = v["litert_operators"]
+    assert ops["passed"] and ops["operators"] >= 6 and ops["max_steps"] <= 1, ops
+    assert v["litert_end_to_end"]["runtime"] == "litert" and v["litert_end_to_end"]["max_steps"] <= 2, v
+    assert "u8×i8→i32" in proc.stdout or "i8×i8→i32" in proc.stdout, proc.stdout   # --explain: integer kernels
+    assert "full-integer TFLite" in proc.stdout
+
+
+def test_run_matches_litert_on_an_int8_input(host_artifact, int8_io, tmp_path):
+    out, _ = host_artifact
+    x = np.random.default_rng(7).integers(-128, 128, (1, 3, 32, 32)).astype(np.int8)
+    name = _manifest(out)["inputs"][0]["name"]
+    np.save(tmp_path / "x.npy", x)
+    run_cli("run", out, "--input", f"{name}={tmp_path / 'x.npy'}", "--output",
+            tmp_path / "y.npz", check=True)
+    ours = next(iter(np.load(tmp_path / "y.npz").values()))
+    litert = ReferenceRuntime.open(int8_io, "tflite").run({name: x})[0]
+    assert ours.dtype == np.int8 and ours.shape == litert.shape
+    assert np.abs(ours.astype(int) - litert.astype(int)).max() <= 2
+
+
+def test_float_inputs_and_outputs_quantized_inside(float_io, tmp_path):
+    out = tmp_path / "fio"
+    run_cli("compile", float_io, "-o", out, check=True)
+    m = _manifest(out)
+    assert [i["dtype"] for i in m["inputs"]] == ["float32"] and [o["dtype"] for o in m["outputs"]] == ["float32"]
+    assert m["precision"]["integer_ops"] == {"conv2d": 3, "matmul": 1} and m["verification"]["passed"] is True
+    assert m["verification"]["litert_operators"]["passed"]
+
+
+def test_inspect_says_where_the_model_came_from(host_artifact):
+    proc = run_cli("inspect", host_artifact[0], check=True)
+    assert "int8" in proc.stdout and "tflite" in proc.stdout
+
+
+def _integer_schedules(path: Path, target):
+    import tvm
+    from tvm import relax
+
+    tt = tvm.target.Target(target.tvm)
+    mod = load_model(path).mod
+    with tt:
+        mod = tvm.transform.Sequential(cpu_front_passes(tt, target) + [
+            relax.transform.FoldConstant(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
+            relax.transform.FuseTIR()] + schedule_passes(target))(mod)
+    return mod, schedule_names(mod)
+
+
+def test_rpi5_build_uses_sdot_on_int8_activations(int8_io):
+    """TFLite's activations are int8: on a +dotprod core the convs run on `sdot` (s8 x s8) as they are."""
+    import tvm
+
+    target = targets.load_target("rpi5")
+    mod, sched = _integer_schedules(int8_io, target)
+    sdot = [n for n, s in sched.items() if s and s.startswith("conv2d-nchwc-int8-sdot")]
+    assert sdot, sched
+    lib = tvm.tirx.build(tvm.IRModule({"main": mod[sdot[0]].with_attr("global_symbol", "main")}),
+                         target=tvm.target.Target(target.tvm))
+    assert re.search(r"sdot\s+v\d+\.4s", lib.inspect_source("asm"))
+
+
+@pytest.mark.skipif(not have("qemu-aarch64-static") and not have("qemu-aarch64"), reason="qemu-user-static not installed")
+@pytest.mark.skipif(not have("aarch64-linux-gnu-g++"), reason="g++-aarch64-linux-gnu not installed")
+def test_rpi4_artifact_matches_under_qemu(int8_io, tmp_path):
+    out = tmp_path / "rpi4"
+    run_cli("compile", int8_io, "-o", out, "--target", "rpi4", check=True)
+    v = _manifest(out)["verification"]
+    assert v["passed"] is True and "qemu-aarch64" in v["how"] and v["litert_operators"]["passed"], v
+
+
+def _with_operator_replaced(src: Path, out: Path, old: str, new: str) -> Path:
+    """The model with every `old` operator code turned into `new` (a model using an operator we do not import)."""
+    import ai_edge_litert.schema_py_generated as s
+    import flatbuffers
+
+    model = s.ModelT.InitFromObj(s.Model.GetRootAs(src.read_bytes(), 0))
+    for code in model.operatorCodes:
+        if code.builtinCode == getattr(s.BuiltinOperator, old):
+            code.builtinCode = getattr(s.BuiltinOperator, new)
+            code.deprecatedBuiltinCode = min(code.builtinCode, 127)
+    b = flatbuffers.Builder(1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    out.write_bytes(bytes(b.Output()))
+    return out
+
+
+def test_unsupported_operator_is_named_in_one_line(int8_io, tmp_path):
+    model = _with_operator_replaced(int8_io, tmp_path / "sum.tflite", "MEAN", "SUM")
+    out = tmp_path / "art"
+    proc = run_cli("compile", model, "-o", out)
+    assert_user_error(proc, 1, "full-integer TFLite import does not support SUM", "supported:")
+    assert_nothing_written(out)
+
+
+def test_a_truncated_weight_buffer_is_refused(int8_io, tmp_path):
+    """Untrusted input: a weight buffer shorter than its tensor's shape is named, not read past."""
+    import ai_edge_litert.schema_py_generated as s
+    import flatbuffers
+
+    model = s.ModelT.InitFromObj(s.Model.GetRootAs(int8_io.read_bytes(), 0))
+    graph = model.subgraphs[0]
+    weight = next(t for t in graph.tensors if list(t.shape) == [16, 1, 1, 8])
+    model.buffers[weight.buffer].data = model.buffers[weight.buffer].data[:-5]
+    b = flatbuffers.Builder(1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    bad = tmp_path / "short.tflite"
+    bad.write_bytes(bytes(b.Output()))
+    out = tmp_path / "art"
+    proc = run_cli("compile", bad, "-o", out, "--no-verify")
+    assert_user_error(proc, 2, "its buffer holds 123 bytes", "needs 128")
+    assert_nothing_written(out)
