@@ -234,13 +234,19 @@ def compile_model(
     with staging_dir(out_dir) as tmp:
         precision: dict[str, Any] = {"mode": "fp32"}
         if int8 is not None:
-            from .quantize import quantize_model
+            from .quantize import quantize_model, quantize_tflite_model
 
+            # a float TFLite model is quantized by LiteRT's own quantizer into the full-integer model the
+            # artifact then computes (shipped as source.tflite: what LiteRT runs in `bench`)
+            quantized = SOURCE_TFLITE if source["format"] == "tflite" else QUANTIZED_ONNX
             with stages.stage(f"calibrate ({int8.method}, {len(calib.samples)} samples)"):
-                record = quantize_model(Path(model_path), tmp / QUANTIZED_ONNX, target, calib, int8.method)
+                if quantized == SOURCE_TFLITE:
+                    record = quantize_tflite_model(Path(model_path), tmp / quantized, target, calib)
+                else:
+                    record = quantize_model(Path(model_path), tmp / quantized, target, calib, int8.method)
             with stages.stage("import"):
-                model = load_model(tmp / QUANTIZED_ONNX, input_shapes)
-            precision = {"mode": "int8", "calibration": record, "quantized_model": QUANTIZED_ONNX}
+                model = load_model(tmp / quantized, input_shapes)
+            precision = {"mode": "int8", "calibration": record, "quantized_model": quantized}
         elif model.quantized:
             precision = {"mode": "int8", "calibration": None, "quantized_model": None,
                          "notes": ["a full-integer TFLite model: quantized before it came here, imported as a QDQ "
@@ -254,7 +260,7 @@ def compile_model(
             raise CompileFailure(f"the linker produced a {built_arch} library for target {target.name} ({target.arch})")
         if model.prepared_onnx is not None:
             (tmp / "prepared.onnx").write_bytes(model.prepared_onnx)
-        if model.format == "tflite":
+        if model.format == "tflite" and model.path != tmp / SOURCE_TFLITE:
             shutil.copyfile(model.path, tmp / SOURCE_TFLITE)  # so `bench` can check outputs on any device
         verification: dict[str, Any]
         if verify and mode == "qemu":
@@ -310,22 +316,30 @@ def _int8_source(path: Path, input_shapes, options: Int8Options):
     """The float model's own entry for the manifest, the calibration samples, the accuracy report's samples
     and labels: all read and checked before anything is built."""
     from .accuracy import load_labels
-    from .frontend import ONNX, detect_format, onnx_input_specs, fix_shapes, sha256_file, _read_onnx
+    from .frontend import ONNX, TFLITE, detect_format, onnx_input_specs, fix_shapes, read_tflite, sha256_file, _read_onnx
     from .quantize import is_qdq_onnx, load_samples, random_samples
+    from .tflite_int8 import is_quantized_tflite
 
-    if detect_format(path) != ONNX:
-        raise UsageError(f"--int8 calibrates float ONNX models; {path.name} is TFLite: give its ONNX export, or a "
-                         f"full-integer .tflite without --int8")
-    if is_qdq_onnx(path):
-        raise UsageError(f"{path.name} is already quantized (QDQ): compile it without --int8")
-    specs = fix_shapes(onnx_input_specs(_read_onnx(path)), input_shapes or {})
+    fmt = detect_format(path)
+    if fmt == TFLITE:
+        _, tfl, declared, _ = read_tflite(path)
+        if is_quantized_tflite(tfl):
+            raise UsageError(f"{path.name} is already a quantized (full-integer) TFLite model: compile it without --int8")
+        if options.method != "minmax":
+            raise UsageError(f"--calibration-method {options.method}: LiteRT's quantizer calibrates TFLite models with "
+                             f"min/max ranges only; drop the flag, or quantize the model's ONNX export")
+        specs = fix_shapes(declared, input_shapes or {})
+    else:
+        if is_qdq_onnx(path):
+            raise UsageError(f"{path.name} is already quantized (QDQ): compile it without --int8")
+        specs = fix_shapes(onnx_input_specs(_read_onnx(path)), input_shapes or {})
     if options.calibration is not None:
         calib = load_samples(Path(options.calibration), specs)
     else:
         calib = random_samples(specs, int(options.random_samples))
     data = load_samples(Path(options.validation), specs, "--validation") if options.validation else calib
     labels = load_labels(options.labels, len(data.samples)) if options.labels else None
-    source = {"name": path.stem, "format": ONNX, "source_file": path.name, "sha256": sha256_file(path)}
+    source = {"name": path.stem, "format": fmt, "source_file": path.name, "sha256": sha256_file(path)}
     return source, calib, (data, labels)
 
 
@@ -337,7 +351,9 @@ def _int8_accuracy(lib: Path, target: Target, float_path: Path, model: ImportedM
     data, labels = validation
     executor = VMExecutor(lib, target.device)
     names = [s.name for s in model.inputs]
-    ref = ReferenceRuntime.open(float_path, "onnx")
+    from .frontend import detect_format
+
+    ref = ReferenceRuntime.open(float_path, detect_format(float_path))
     report = accuracy_report(lambda x: executor.run([x[n] for n in names]), ref.run, data.samples, labels)
     report["data"] = "validation" if options.validation else ("calibration" if options.calibration else "random")
     report["min_agreement"] = options.min_agreement

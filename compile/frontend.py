@@ -282,7 +282,8 @@ def _tflite_dtype(code: int) -> str:
     return mapping[name]
 
 
-def _load_tflite(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedModel:
+def read_tflite(path: Path):
+    """(the file's bytes, the flatbuffer model, its declared inputs (name, dims, dtype), its output names)."""
     import tflite
 
     buf = path.read_bytes()
@@ -300,6 +301,11 @@ def _load_tflite(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedM
         raise
     except Exception as exc:
         raise ModelFormatError(f"{path} is not a readable TFLite model ({_one_line(exc)}); is it truncated or corrupt?") from None
+    return buf, model, declared, output_names
+
+
+def _load_tflite(path: Path, overrides: dict[str, tuple[int, ...]]) -> ImportedModel:
+    buf, model, declared, output_names = read_tflite(path)
     specs = fix_shapes(declared, overrides)
     custom = _tflite_custom_ops(model)
     if custom:

@@ -26,7 +26,7 @@ from .errors import UsageError
 from .frontend import TensorSpec
 
 __all__ = ["CALIBRATION_METHODS", "CalibrationData", "Int8Options", "load_samples", "output_steps", "quantize_model",
-           "quantize_tflite"]
+           "quantize_tflite", "quantize_tflite_model"]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_MIN_AGREEMENT = 0.98
@@ -196,6 +196,27 @@ def quantize_tflite(model: bytes, samples: list[list[np.ndarray]], io_dtype: str
             wrapper.FeedTensor([np.ascontiguousarray(a) for a in sample])
         # (input type, output type, allow float ops, activation type, bias type, no per-channel, no per-channel dense)
         return bytes(wrapper.QuantizeModel(io, io, False, np.dtype(np.int8).num, np.dtype(np.int32).num, False, False))
+
+
+def quantize_tflite_model(source: Path, out_path: Path, target, data: CalibrationData) -> dict[str, Any]:
+    """Write the full-integer TFLite model of the float TFLite `source` calibrated on `data` (LiteRT's own
+    quantizer, float inputs and outputs kept) to `out_path`; returns the manifest record."""
+    import tflite
+
+    from .frontend import read_tflite
+    from .tflite_int8 import activation_ranges
+
+    _, _, declared, _ = read_tflite(source)
+    names = [name for name, _, _ in declared]
+    quantized = quantize_tflite(source.read_bytes(), [[s[n] for n in names] for s in data.samples], "float32")
+    out_path.write_bytes(quantized)
+    from importlib.metadata import version
+
+    choices = quantization_choices(target)
+    return {"method": "minmax", "samples": len(data.samples), "source": data.source,
+            "quantizer": f"LiteRT post-training quantizer (ai-edge-litert {version('ai-edge-litert')})",
+            **choices, "activation_dtype": "int8", "reduce_range": False,
+            "tensor_ranges": activation_ranges(tflite.Model.GetRootAsModel(quantized, 0))}
 
 
 def _initializers(model) -> dict[str, np.ndarray]:

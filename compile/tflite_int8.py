@@ -126,6 +126,23 @@ def output_steps(model) -> list[float]:
     return steps
 
 
+def activation_ranges(model) -> dict[str, list[float]]:
+    """Per 8-bit activation tensor of the main graph, the float range its scale and zero point cover."""
+    names = _tensor_type_names()
+    graph = model.Subgraphs(0)
+    out: dict[str, list[float]] = {}
+    for i in range(graph.TensorsLength()):
+        t = graph.Tensors(i)
+        q = _quant(t)
+        dtype = _DTYPES.get(names.get(t.Type(), ""), "")
+        if q is None or not q.per_tensor or dtype not in _EIGHT_BIT or model.Buffers(t.Buffer()).DataLength():
+            continue
+        info = np.iinfo(dtype)
+        s, z = float(q.scale[0]), int(q.zero_point[0])
+        out[t.Name().decode(errors="replace")] = [round((info.min - z) * s, 6), round((info.max - z) * s, 6)]
+    return out
+
+
 class _Converter:
     """One TFLite subgraph -> one ONNX graph (see the module doc)."""
 

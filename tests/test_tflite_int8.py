@@ -170,3 +170,40 @@ def test_a_truncated_weight_buffer_is_refused(int8_io, tmp_path):
     proc = run_cli("compile", bad, "-o", out, "--no-verify")
     assert_user_error(proc, 2, "its buffer holds 123 bytes", "needs 128")
     assert_nothing_written(out)
+
+
+def test_int8_calibrates_a_float_tflite_model_with_litert(small_tflite, tmp_path):
+    """`compile model.tflite --int8`: LiteRT's own quantizer makes the full-integer model, which the artifact
+    computes, ships (source.tflite: what LiteRT runs in `bench`) and is compared with the float model."""
+    import tflite
+
+    from compile.frontend import sha256_file
+    from compile.tflite_int8 import is_quantized_tflite
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    np.save(calib / "batch.npy", np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "art"
+    proc = run_cli("compile", small_tflite, "--int8", "--calibration", calib, "-o", out, check=True)
+    m = _manifest(out)
+    cal = m["precision"]["calibration"]
+    assert cal["method"] == "minmax" and cal["samples"] == 16 and "LiteRT" in cal["quantizer"], cal
+    assert cal["activation_dtype"] == "int8" and cal["tensor_ranges"], cal
+    assert m["precision"]["quantized_model"] == "source.tflite" and m["model"]["sha256"] == sha256_file(small_tflite)
+    assert is_quantized_tflite(tflite.Model.GetRootAsModel((out / "source.tflite").read_bytes(), 0))
+    assert m["precision"]["integer_ops"] == {"conv2d": 3, "matmul": 1} and m["verification"]["passed"] is True
+    acc = m["precision"]["accuracy"]
+    assert acc["samples"] == 16 and acc["argmax_agreement"] >= 0.9 and acc["cosine_similarity"] > 0.99, acc
+    assert "accuracy vs fp32" in proc.stdout
+
+
+@pytest.mark.parametrize("which, extra, fragment", [
+    ("float", ["--calibration-method", "entropy"], "min/max ranges only"),
+    ("int8", [], "already a quantized (full-integer) TFLite model"),
+])
+def test_int8_bad_options_for_tflite(small_tflite, int8_io, tmp_path, which, extra, fragment):
+    out = tmp_path / "art"
+    proc = run_cli("compile", small_tflite if which == "float" else int8_io, "--int8", "--calibration-random", "4",
+                   *extra, "-o", out)
+    assert_user_error(proc, 2, fragment)
+    assert_nothing_written(out)
