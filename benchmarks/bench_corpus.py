@@ -126,7 +126,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **({"AUTOGLM_NO_SCHEDULES": "1"} if args.no_schedules else {})}
 
-    from toolkit.bench.sysinfo import host_info
+    from toolkit.bench.sysinfo import describe_cpu, host_info
 
     started = time.monotonic()
     lines = ["| model | source package | format | compile wall | compile peak RSS | threads | reference p50 ms | "
@@ -151,7 +151,7 @@ def main() -> None:
         "## Real-model corpus",
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Machine: {h['cpu']}, {h['cores']} cores, {h['os']} (shared with other jobs while measured)",
+        f"- Machine: {describe_cpu()}, {h['cores']} cores, {h['os']} (shared with other jobs while measured)",
         f"- Software: onnxruntime {h['onnxruntime_version']}, LiteRT {h['litert_version']}, Python {h['python']}"
         f"{'; AUTOGLM_NO_SCHEDULES=1' if args.no_schedules else '; default schedules'}",
         f"- Command: `{cmd}` ({time.monotonic() - started:.0f} s)",

@@ -101,7 +101,7 @@ def main() -> None:
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from toolkit.bench.sysinfo import host_info
+    from toolkit.bench.sysinfo import describe_cpu, host_info
 
     started = time.monotonic()
     rows = {}
@@ -117,7 +117,7 @@ def main() -> None:
         "## INT8",
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Machine: {h['cpu']}, {h['cores']} cores, {h['os']}",
+        f"- Machine: {describe_cpu()}, {h['cores']} cores, {h['os']}",
         f"- Software: onnxruntime {h['onnxruntime_version']}, Python {h['python']}; source {git_revision()}",
         f"- Command: `{cmd}` ({time.monotonic() - started:.0f} s)",
         f"- Method: per model, the fp32 artifact vs onnxruntime fp32, then the `--int8` artifact (calibrated on "

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import targets  # noqa: E402
 from toolkit.bench.config import BenchConfig  # noqa: E402
 from toolkit.bench.harness import run_bench  # noqa: E402
-from toolkit.bench.sysinfo import cpu_model  # noqa: E402
+from toolkit.bench.sysinfo import describe_cpu  # noqa: E402
 from toolkit.search import latency  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def main() -> None:
                 print(f"pass {p + 1}: {r['latency_ms']:.4f} ms (fastest chunk {r['min_ms']:.4f}, reference "
                       f"{r['ref_min_ms']:.4f} of best {store.ref_best_ms:.4f}, {r['chunks']} chunks); harness p50 {h:.4f}",
                       file=sys.stderr)
-    print(f"\n{time.strftime('%Y-%m-%d')}, {cpu_model()}, {a.space}, {len(archs)} held-out networks, "
+    print(f"\n{time.strftime('%Y-%m-%d')}, {describe_cpu()}, {a.space}, {len(archs)} held-out networks, "
           f"{a.threads} thread(s), {time.monotonic() - t0:.0f} s\n")
     print("| method | within ±5% of itself | within ±10% | ratio range (pass 1 / pass 2) |")
     print("|---|---|---|---|")

@@ -238,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             info["harness"] = _harness(model, info["artifacts"], args.threads, args.repeat)
             print(f"  harness: {json.dumps(info['harness'])}", file=sys.stderr)
 
-    from toolkit.bench.sysinfo import cpu_model
+    from toolkit.bench.sysinfo import describe_cpu
 
-    cpu, mhz = cpu_model(), _cpu_mhz()
+    cpu, mhz = describe_cpu(), _cpu_mhz()
     peak = _peak_gflops_per_core(mhz)
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu, "mhz": mhz, "peak_gflops_per_core": peak, "builds": builds,

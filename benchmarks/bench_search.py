@@ -64,14 +64,13 @@ def main() -> None:
                 "--random", str(a.random), "--epochs", str(a.epochs), "--train-epochs", str(a.train_epochs), "-o", str(a.work), *th,
                 *(("--multi-trial", str(a.multi_trial), "--trial-epochs", str(a.trial_epochs)) if a.multi_trial else ()))
     import targets
-    from toolkit.bench.sysinfo import cpu_model
+    from toolkit.bench.sysinfo import describe_cpu
     from toolkit.search import latency
 
     dev = latency.Device(targets.load_target("host"), a.threads)
     doc = json.loads((latency.model_dir(dev, a.space)[0] / "model.json").read_text())
     h, f = doc["holdout_accuracy"], doc["fit_accuracy"]
-    flags = sorted({"avx2", "avx512f", "avx512_vnni", "fma", "amx_tile"} & set(open("/proc/cpuinfo").read().split()))
-    print(f"\n### Latency model ({time.strftime('%Y-%m-%d')}, {cpu_model()}, {', '.join(flags)}, {a.threads} thread(s), "
+    print(f"\n### Latency model ({time.strftime('%Y-%m-%d')}, {describe_cpu()}, {a.threads} thread(s), "
           f"rev {git_revision()})\n")
     print(f"Fitted on {doc['fit_count']} random `{a.space}` networks measured through compile + bench; held out: "
           f"{h['architectures']} others ({h['measured_ms_range'][0]:.3f}-{h['measured_ms_range'][1]:.3f} ms).\n")

@@ -117,7 +117,7 @@ def main() -> None:
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from toolkit.bench.sysinfo import host_info
+    from toolkit.bench.sysinfo import describe_cpu, host_info
 
     started = time.monotonic()
     docs = {}
@@ -135,7 +135,7 @@ def main() -> None:
         f"`autoglm bench ARTIFACT --baseline auto --threads {args.threads}`).",
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Machine: {h['cpu']}, {h['cores']} cores, {h['os']} (shared with other jobs while measured)",
+        f"- Machine: {describe_cpu()}, {h['cores']} cores, {h['os']} (shared with other jobs while measured)",
         f"- Software: TVM {tvm_note}, onnxruntime {h['onnxruntime_version']}, LiteRT {h['litert_version']}, Python {h['python']}",
         f"- Source: {git_revision()} (the numbers depend on the schedules in compile/ at that revision)",
         f"- Command: `{cmd}` ({time.monotonic() - started:.0f} s)",
