@@ -8,7 +8,10 @@ as `dequantize(q) -> conv2d/matmul -> quantize` chains whose arithmetic is float
    `float(q - z) * s`): TVM's own lowering, but for the reciprocal (a division per output costs
    more than a small integer conv; it moves a value by one step only at a rounding tie). Layout conversion sees
    through them (quantize/dequantize have no layout inference: each would sit between two layout
-   transforms) and fusion puts them into the neighbouring kernels.
+   transforms) and fusion puts them into the neighbouring kernels. A requantization around data
+   movement, `quantize(M(dequantize(q, s, z)), s, z)` for M a reshape, transpose, split, squeeze...
+   (onnxruntime's QDQ format quantizes around each), is `M(q)` bit for bit: the move is done on the
+   8-bit tensor (a transformer's head split/merge: a quarter of the bytes, no float round trip).
 2. `IntegerOps` (after the layout passes, before legalization) rewrites
 
        conv2d(dequant(xq, sx, zx), [layout_transform](dequantize(Wq, sw, 0)))     NCHW or NCHW[x]c
@@ -86,17 +89,117 @@ def _scalar(expr) -> float | None:
     return None if v is None or v.size != 1 else v.reshape(()).item()
 
 
+def _bound_value(mutator, expr, steps: int = 64):
+    """What a dataflow variable is bound to in `mutator`'s output (every call is bound to a var in a
+    dataflow block); `expr` itself for a function parameter or a non-variable."""
+    from tvm import relax
+
+    for _ in range(steps):
+        if not isinstance(expr, relax.Var):
+            break
+        try:
+            value = mutator.lookup_binding(expr)
+        except Exception:  # noqa: BLE001 - a function parameter has no binding
+            value = None
+        if value is None:
+            break
+        expr = value
+    return expr
+
+
+def _dequantized(mutator, expr) -> tuple[Any, float, int] | str:
+    """(q, s, z) where `expr` is `float(astype(q, int32) [- z]) * s` (QdqElementwise's dequantize of an
+    8-bit tensor, s and z per-tensor constants), else why not."""
+    from tvm import relax
+
+    def call(e, name: str):
+        e = _bound_value(mutator, e)
+        return e if isinstance(e, relax.Call) and _op_name(e) == name else None
+
+    mul = call(expr, "relax.multiply")
+    if mul is None:
+        return "its input is not a dequantized 8-bit tensor"
+    s = _scalar(mul.args[1])
+    to_float = call(mul.args[0], "relax.astype")
+    if s is None or to_float is None:
+        return "its input is not a per-tensor dequantized 8-bit tensor"
+    inner, z = to_float.args[0], 0
+    sub = call(inner, "relax.subtract")
+    if sub is not None:
+        zv = _scalar(sub.args[1])
+        if zv is None:
+            return "its input's zero point is not a constant"
+        inner, z = sub.args[0], int(zv)
+    widen = call(inner, "relax.astype")
+    if widen is None or str(widen.args[0].ty.dtype) not in EIGHT_BIT:
+        return "its input is not a dequantized 8-bit tensor"
+    return widen.args[0], float(s), z
+
+
+# Ops that only move or regroup values: quantize(M(dequantize(q, s, z)), s, z) is M(q) bit for bit
+# (|float(q - z) * s * (1/s) - (q - z)| stays ~1e-4 below a rounding step for any 8-bit q)
+MOVEMENT = ("relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten",
+            "relax.split")
+
+
 def QdqElementwise():  # noqa: N802 - a pass constructor
     """Per-tensor quantize / dequantize of activations as elementwise ops (see the module doc, 1)."""
     from tvm import relax
 
     @relax.expr_functor.mutator
     class _Rewrite(relax.PyExprMutator):
+        def __init__(self, mod=None):
+            super().__init__(mod)
+            self._moved: dict = {}  # a movement op's var -> the same op replayed on the 8-bit tensor
+
+        def _requantized_movement(self, call):
+            """`quantize(M(dequantize(q, s, z)), s, z)` -> `M(q)` for data movement M (reshape, transpose,
+            split, squeeze...): a QDQ graph quantizes around each (onnxruntime's QDQ format does), and as
+            float ops each would be its own dequantize-move-quantize kernel over the tensor; None if not that."""
+            steps = []
+            var = call.args[0]
+            while isinstance(var, relax.Var):
+                value = _bound_value(self, var, steps=1)
+                if isinstance(value, relax.TupleGetItem):
+                    steps.append((var, value))
+                    var = value.tuple_value
+                elif isinstance(value, relax.Call) and _op_name(value) in MOVEMENT:
+                    steps.append((var, value))
+                    var = value.args[0]
+                else:
+                    break
+            if not steps:
+                return None
+            src = _dequantized(self, var)
+            if isinstance(src, str):
+                return None
+            q, s, z = src
+            s_out, z_out = _scalar(call.args[1]), _scalar(call.args[2])
+            if (str(q.ty.dtype) != str(call.attrs.out_dtype) or s_out is None or z_out is None
+                    or np.float32(s_out) != np.float32(s) or int(z_out) != z or not 1e-30 < abs(s) < 1e30):
+                return None
+            out = q
+            for step_var, value in reversed(steps):
+                if step_var in self._moved:
+                    out = self._moved[step_var]
+                    continue
+                if isinstance(value, relax.TupleGetItem):
+                    moved = relax.TupleGetItem(out, value.index)
+                else:
+                    moved = relax.Call(value.op, [out, *value.args[1:]], value.attrs)
+                # bound once (a split's outputs are three quantizes that share its replay)
+                out = self._moved[step_var] = self.builder_.emit(moved)
+            return out
+
         def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
             call = super().visit_call_(call)
             name = _op_name(call)
             if name not in (QUANTIZE, DEQUANTIZE):
                 return call
+            if name == QUANTIZE:
+                moved = self._requantized_movement(call)
+                if moved is not None:
+                    return moved
             x = call.args[0]
             s, z = _scalar(call.args[1]), _scalar(call.args[2])
             if s is None or z is None or _const_value(x) is not None:
@@ -183,18 +286,7 @@ def IntegerOps(report: Int8Report | None = None, lanes: int | None = None):  # n
     @relax.expr_functor.mutator
     class _Rewrite(relax.PyExprMutator):
         def _bound(self, expr):
-            """What a dataflow variable is bound to (every call is bound to a var in a dataflow block)."""
-            for _ in range(64):
-                if not isinstance(expr, relax.Var):
-                    break
-                try:
-                    value = self.lookup_binding(expr)
-                except Exception:  # noqa: BLE001 - a function parameter has no binding
-                    value = None
-                if value is None:
-                    break
-                expr = value
-            return expr
+            return _bound_value(self, expr)
 
         def _call(self, expr, name: str):
             e = self._bound(expr)
@@ -213,24 +305,8 @@ def IntegerOps(report: Int8Report | None = None, lanes: int | None = None):  # n
                 xq, sx, zx = act
                 # bound to a var (call_te takes vars); unused if the op stays float: dead code, removed
                 return (self.builder_.emit(relax.Call(moved.op, [xq], moved.attrs)), sx, zx), ""
-            mul = self._call(expr, "relax.multiply")
-            if mul is None:
-                return None, "its input is not a dequantized 8-bit tensor"
-            sx = _scalar(mul.args[1])
-            to_float = self._call(mul.args[0], "relax.astype")
-            if sx is None or to_float is None:
-                return None, "its input is not a per-tensor dequantized 8-bit tensor"
-            inner, zx = to_float.args[0], 0
-            sub = self._call(inner, "relax.subtract")
-            if sub is not None:
-                z = _scalar(sub.args[1])
-                if z is None:
-                    return None, "its input's zero point is not a constant"
-                inner, zx = sub.args[0], int(z)
-            widen = self._call(inner, "relax.astype")
-            if widen is None or str(widen.args[0].ty.dtype) not in EIGHT_BIT:
-                return None, "its input is not a dequantized 8-bit tensor"
-            return (widen.args[0], float(sx), zx), ""
+            found = _dequantized(self, expr)
+            return (None, found) if isinstance(found, str) else (found, "")
 
         def _weight(self, expr, allow: str):
             """(W int8 OIHW / [out, in] numpy, per-output scales or scalar, scale axis, wrapper call) or why not."""
