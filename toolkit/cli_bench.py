@@ -22,7 +22,7 @@ def bench_cmd(
     device: Annotated[str, typer.Option("--device", "-d", help="local (C++ runner), qemu (aarch64 runner under qemu-user) or rpc://HOST:PORT/KEY (TVM RPC tracker on loopback).")] = "local",
     python: Annotated[bool, typer.Option("--python", help="With --device local: time the Python runtime instead of the C++ runner.")] = False,
     baseline: Annotated[str, typer.Option("--baseline", "-b", help="onnxruntime (ONNX models), litert (TFLite models), auto, or none.")] = "none",
-    model_file: Annotated[Optional[Path], typer.Option("--model-file", help="The original model file for the baseline (default: the artifact's prepared.onnx).")] = None,
+    model_file: Annotated[Optional[Path], typer.Option("--model-file", help="The original model file for the baseline (default: the artifact's prepared.onnx). For an artifact of compile --int8: the float model it was quantized from, timed too (onnxruntime fp32).")] = None,
     threads: Annotated[Optional[str], typer.Option("--threads", "-t", help="Thread counts, e.g. 1,2 (default: the target's).")] = None,
     repeat: Annotated[int, typer.Option("--repeat", "-r", help="Timed iterations per runtime and thread count.")] = 50,
     warmup: Annotated[int, typer.Option("--warmup", "-w", help="Untimed iterations before timing.")] = 5,

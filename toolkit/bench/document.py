@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .native_backend import BLOCK_WARMUP
-from .result import BASELINE, TOOLKIT, RuntimeResult
+from .result import BASELINE, BASELINE_FP32, TOOLKIT, RuntimeResult
+from .sources import fp32_runtime
 from .stats import STAT_KEYS, summarize, throughput_per_s
 
 SCHEMA = "autoglm-bench/1"
@@ -25,8 +26,10 @@ def artifact_sizes(artifact: Path, manifest: dict[str, Any]) -> tuple[int, int]:
     return lib, total + (artifact / "manifest.json").stat().st_size
 
 
-def _ratio(tk: RuntimeResult, results: list[RuntimeResult]) -> tuple[dict[str, float] | None, str | None]:
-    base = next((r for r in results if r.role == BASELINE and r.threads == tk.threads), None)
+def _ratio(tk: RuntimeResult, results: list[RuntimeResult],
+           role: str = BASELINE) -> tuple[dict[str, float] | None, str | None]:
+    """toolkit / the `role` baseline at the same thread count (p50 and mean), or None and why not."""
+    base = next((r for r in results if r.role == role and r.threads == tk.threads), None)
     if base is None:
         return None, None
     if tk.emulated:
@@ -40,13 +43,49 @@ def _ratio(tk: RuntimeResult, results: list[RuntimeResult]) -> tuple[dict[str, f
 def _result(r: RuntimeResult, results: list[RuntimeResult]) -> dict[str, Any]:
     stats = summarize(r.samples_ms)
     ratio, note = _ratio(r, results) if r.role == TOOLKIT else (None, None)
+    # int8 runs with the float model: the same ratio against the fp32 model's runtime, timed in the same turns
+    ratio_fp32, note_fp32 = _ratio(r, results, BASELINE_FP32) if r.role == TOOLKIT else (None, None)
+    if ratio and ratio_fp32:
+        note = f"{note}; ratio_vs_fp32_baseline: {note_fp32}"
     return {
         "runtime": r.runtime, "role": r.role, "threads": r.threads, "where": r.where, "emulated": r.emulated,
         "load_ms": r.load_ms, "first_inference_ms": r.first_inference_ms, "latency_ms": stats,
         "throughput_per_s": throughput_per_s(stats), "peak_rss_bytes": r.peak_rss_bytes,
         "rss_before_load_bytes": r.rss_before_load_bytes, "processes": r.processes,
-        "ratio_vs_baseline": ratio, "ratio_note": note, "samples_ms": list(r.samples_ms), "notes": list(r.notes),
+        "ratio_vs_baseline": ratio, "ratio_vs_fp32_baseline": ratio_fp32, "ratio_note": note,
+        "samples_ms": list(r.samples_ms), "notes": list(r.notes),
     }
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
+def ratio_summary(doc: dict[str, Any]) -> list[str]:
+    """The lines that state an int8 run's two ratios and how far int8 is from fp32 (empty for other runs).
+
+    The table, the reports and `benchmarks/bench_int8.py` read the same fields, so the ratios are computed once."""
+    base = doc["baseline"] or {}
+    if not base.get("fp32"):
+        return []
+    lines = []
+    for r in doc["results"]:
+        if r["role"] != TOOLKIT:
+            continue
+        a, b = r["ratio_vs_baseline"], r.get("ratio_vs_fp32_baseline")
+        head = f"ratios (p50) at {_threads(r['threads'])}: "
+        if a and b:
+            lines.append(head + f"{r['runtime']} int8 / {base['runtime']} int8 {a['p50']:.2f}x; "
+                                f"{r['runtime']} int8 / {base['fp32']['runtime']} {b['p50']:.2f}x")
+        else:
+            lines.append(head + f"n/a ({r['ratio_note']})")
+    for d in doc["correctness"].get("int8_vs_fp32") or []:
+        err = "-" if d["max_abs_error"] is None else f"{d['max_abs_error']:.3g}"
+        agree = ("" if d["argmax_agreement"] is None
+                 else f", argmax agrees on {round(d['argmax_agreement'] * d['argmax_rows'])}/{d['argmax_rows']} rows")
+        lines.append(f"int8 vs fp32 (recorded, not checked): {d['runtime']} at {_threads(d['threads'])} vs "
+                     f"{d['against']}: max abs error {err}{agree}")
+    return lines
 
 
 def to_document(run, status: str | None = None) -> dict[str, Any]:
@@ -81,6 +120,11 @@ def to_document(run, status: str | None = None) -> dict[str, Any]:
         "baseline": None if not run.baseline else {
             "runtime": run.baseline, "model_file": str(run.source.path), "model_origin": run.source.origin,
             "description": run.source.describe(),
+            "fp32": None if run.fp32_source is None else {
+                "runtime": fp32_runtime(run.fp32_source.format), "model_file": str(run.fp32_source.path),
+                "model_origin": run.fp32_source.origin,
+                "description": f"the float model {run.fp32_source.path} the artifact was quantized from (--model-file)",
+            },
         },
         "results": [_result(r, run.results) for r in run.results],
         "correctness": {
@@ -89,6 +133,7 @@ def to_document(run, status: str | None = None) -> dict[str, Any]:
             "outputs_match": match,
             "max_abs_error": max((c["max_abs_error"] for c in run.comparisons), default=None),
             "comparisons": run.comparisons,
+            "int8_vs_fp32": run.fp32_deviation if run.fp32_source is not None else None,
         },
         "profile": run.profile,
         "notes": list(run.notes),
@@ -102,6 +147,7 @@ CSV_COLUMNS = [
     "throughput_per_s", "peak_rss_bytes", "planned_activation_bytes", "weight_bytes", "artifact_bytes",
     "ratio_p50", "ratio_mean", "outputs_match", "max_abs_error",
     "kernel", "kernel_calls_per_run", "kernel_ms_per_run", "kernel_share",
+    "ratio_fp32_p50", "ratio_fp32_mean",  # appended (columns are only ever appended): int8 runs' fp32 baseline
 ]
 
 
@@ -127,6 +173,9 @@ def to_csv(doc: dict[str, Any]) -> str:
             row["count" if k == "count" else f"{k}_ms"] = v
         if r["ratio_vs_baseline"]:
             row["ratio_p50"], row["ratio_mean"] = r["ratio_vs_baseline"]["p50"], r["ratio_vs_baseline"]["mean"]
+        if r.get("ratio_vs_fp32_baseline"):
+            row["ratio_fp32_p50"] = r["ratio_vs_fp32_baseline"]["p50"]
+            row["ratio_fp32_mean"] = r["ratio_vs_fp32_baseline"]["mean"]
         if cmp:
             row["max_abs_error"] = cmp[0]["max_abs_error"]
         w.writerow(row)

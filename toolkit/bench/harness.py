@@ -3,7 +3,9 @@
 For each thread count the toolkit's runtime and the baseline each get their own process (so that
 peak memory and thread pools are their own), load, run once on the same inputs (first inference,
 the outputs that are compared), warm up, and then take turns: one block of timed iterations each,
-alternating which goes first, until `repeat` iterations each are done.
+alternating which goes first, until `repeat` iterations each are done. An int8 artifact benched with
+the float model it was quantized from (--model-file) adds a third runtime to the turns: the reference
+runtime on that float model, whose outputs are recorded as int8-vs-fp32 deviation, not checked.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from targets import host_arch
 
 from .config import LOCAL, QEMU, RPC, BenchConfig
 from .errors import BenchError, BenchUsageError
-from .result import BASELINE, TOOLKIT, RuntimeResult
-from .sources import RUNTIME_FOR_FORMAT, ModelSource, missing_source_message, resolve_source
+from .result import BASELINE, BASELINE_FP32, TOOLKIT, RuntimeResult
+from .sources import (RUNTIME_FOR_FORMAT, ModelSource, fp32_hint, fp32_runtime, missing_source_message,
+                      quantized_from_float, resolve_sources)
 from .sysinfo import host_info
 
 Progress = Callable[[str], None]
@@ -43,8 +46,10 @@ class BenchRun:
     source: ModelSource | None
     baseline: str | None                      # the timed baseline runtime, if any
     reference: str | None                     # the runtime the outputs were checked against
+    fp32_source: ModelSource | None = None    # int8 artifacts: the float model, timed as a second baseline
     results: list[RuntimeResult] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
+    fp32_deviation: list[dict[str, Any]] = field(default_factory=list)  # int8 outputs vs the fp32 model's
     profile: dict[str, Any] | None = None
     finished_utc: str | None = None
     duration_s: float | None = None
@@ -108,6 +113,10 @@ def _reference_backend(run: BenchRun, threads: int, warmup: int, timeout: float,
                        literal: bool = False):
     from .workers import WorkerBackend
 
+    if role == BASELINE_FP32:  # the float model an int8 artifact was quantized from
+        fmt = run.fp32_source.format
+        r = RuntimeResult(fp32_runtime(fmt), role, threads, "host")
+        return WorkerBackend(RUNTIME_FOR_FORMAT[fmt], run.fp32_source.path, r, warmup, timeout, workdir)
     name = RUNTIME_FOR_FORMAT[run.source.format]
     kind = f"{name}-literal" if literal else name
     r = RuntimeResult(f"{name} (QDQ graph as written)" if literal else name, role, threads, "host")
@@ -161,6 +170,25 @@ def _compare(run: BenchRun, actual: RuntimeResult, expected: RuntimeResult, cfg:
     })
 
 
+def _deviation_from_fp32(actual: RuntimeResult, fp32: RuntimeResult) -> dict[str, Any]:
+    """How far an int8 runtime's outputs are from the fp32 model's on the same inputs (recorded, not checked).
+
+    Argmax agreement is over the rows of every 2-D output with more than one column (logits); None without one."""
+    worst, agree, rows = 0.0, 0, 0
+    for a, e in zip(actual.outputs, fp32.outputs):
+        a, e = np.asarray(a, dtype=np.float64), np.asarray(e, dtype=np.float64)
+        if a.shape != e.shape:  # a float model with other output shapes: nothing comparable to say
+            return {"runtime": actual.runtime, "threads": actual.threads, "against": fp32.runtime,
+                    "max_abs_error": None, "argmax_agreement": None, "argmax_rows": 0}
+        if a.size:
+            worst = max(worst, float(np.abs(a - e).max()))
+        if a.ndim == 2 and a.shape[1] > 1:
+            agree += int((a.argmax(1) == e.argmax(1)).sum())
+            rows += a.shape[0]
+    return {"runtime": actual.runtime, "threads": actual.threads, "against": fp32.runtime, "max_abs_error": worst,
+            "argmax_agreement": agree / rows if rows else None, "argmax_rows": rows}
+
+
 def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchRun:
     """Run the benchmark `cfg` describes. Raises BenchError (nothing partial is returned) on any failure."""
     say = progress or (lambda _msg: None)
@@ -168,7 +196,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchRun:
     manifest = _check_device(cfg, read_manifest(cfg.artifact))
     fmt = manifest["model"]["format"]
     baseline = _choose_baseline(cfg, fmt)
-    source = resolve_source(cfg.artifact, manifest, cfg.model_file)
+    sources = resolve_sources(cfg.artifact, manifest, cfg.model_file)
+    source = sources.reference
     if baseline and source is None:
         raise BenchUsageError(missing_source_message(cfg.artifact, manifest, baseline))
     if cfg.profile and cfg.device.kind != LOCAL:
@@ -176,7 +205,13 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchRun:
                               "profiles under qemu or over RPC are not supported")
     threads_list = cfg.threads or [int(manifest["target"].get("threads") or 1)]
     run = BenchRun(cfg, manifest, uuid.uuid4().hex, _now(), host_info(), source, baseline,
-                   RUNTIME_FOR_FORMAT[fmt] if source else None)
+                   RUNTIME_FOR_FORMAT[fmt] if source else None, fp32_source=sources.fp32 if baseline else None)
+    if baseline and quantized_from_float(manifest) and sources.fp32 is None:
+        run.notes.append(fp32_hint(manifest))
+    elif sources.fp32 is not None and not baseline:
+        run.notes.append(f"--model-file {sources.fp32.path} (the float model) is timed only with --baseline "
+                         f"{RUNTIME_FOR_FORMAT[fmt]} or auto; the outputs were checked against the artifact's "
+                         f"quantized model")
     if source is None:
         run.notes.append(f"outputs not checked against a reference runtime: {manifest['model']['source_file']} does "
                          f"not ship in the artifact (pass --model-file)")
@@ -206,6 +241,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchRun:
             backends = [_toolkit_backend(cfg, run, threads, inputs, workdir, runtime_dir)]
             if baseline:
                 backends.append(_reference_backend(run, threads, cfg.warmup, cfg.timeout, workdir, BASELINE))
+            if run.fp32_source is not None:  # the third runtime of the turns: the float model
+                backends.append(_reference_backend(run, threads, cfg.warmup, cfg.timeout, workdir, BASELINE_FP32))
             for b in backends:
                 active.append(b)
                 say(f"threads={threads}: starting {b.result.runtime} on {b.result.where}")
@@ -227,6 +264,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchRun:
                 expected = next(r for r in run.results if r.role == TOOLKIT and r.threads == threads_list[0])
             if expected is not None:
                 _compare(run, backends[0].result, expected, cfg)
+            if run.fp32_source is not None:
+                run.fp32_deviation += [_deviation_from_fp32(b.result, backends[2].result) for b in backends[:2]]
         if cfg.profile:
             run.profile = _profile(cfg, run, threads_list[0], workdir, input_files, say)
     except BaseException:

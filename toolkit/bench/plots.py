@@ -33,7 +33,7 @@ def latency_cdf(doc: dict[str, Any]) -> bytes:
             continue
         ys = np.arange(1, xs.size + 1) / xs.size
         label = f"{r['runtime']}, {r['threads']} thr" + (" (emulated)" if r["emulated"] else "")
-        ax.step(xs, ys, where="post", label=label, linestyle="--" if r["role"] == "baseline" else "-")
+        ax.step(xs, ys, where="post", label=label, linestyle="-" if r["role"] == "toolkit" else "--")
     samples = [x for r in doc["results"] for x in r["samples_ms"] if x > 0]
     log_scale = bool(samples) and max(samples) / min(samples) > 20
     if log_scale:  # runtimes an order of magnitude apart

@@ -10,7 +10,8 @@ from typing import Any
 from compile.fileio import write_atomic
 
 from . import plots
-from .table import fmt_bytes
+from .document import ratio_summary
+from .table import fmt_bytes, has_fp32_ratio, runtime_label
 
 
 def _ms(v: float | None) -> str:
@@ -18,17 +19,19 @@ def _ms(v: float | None) -> str:
 
 
 def _rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    fp32 = has_fp32_ratio(doc)
     head = ["runtime", "threads", "where", "load ms", "first ms", "p50 ms", "mean ms", "std ms", "p90 ms", "p95 ms",
-            "p99 ms", "min ms", "max ms", "inf/s", "peak RSS", "ratio p50"]
+            "p99 ms", "min ms", "max ms", "inf/s", "peak RSS", "ratio p50", *(["vs fp32 p50"] if fp32 else [])]
     rows = []
     for r in doc["results"]:
         s = r["latency_ms"] or {}
-        ratio = r["ratio_vs_baseline"]
-        rows.append([r["runtime"] + (" (baseline)" if r["role"] == "baseline" else ""), str(r["threads"]),
+        ratio, ratio32 = r["ratio_vs_baseline"], r.get("ratio_vs_fp32_baseline")
+        rows.append([runtime_label(r), str(r["threads"]),
                      r["where"] + (" (emulated)" if r["emulated"] else ""), _ms(r["load_ms"]),
                      _ms(r["first_inference_ms"]), *[_ms(s.get(k)) for k in ("p50", "mean", "std", "p90", "p95", "p99", "min", "max")],
                      f"{r['throughput_per_s']:.1f}" if r["throughput_per_s"] else "-", fmt_bytes(r["peak_rss_bytes"]),
-                     f"{ratio['p50']:.2f}x" if ratio else "-"])
+                     f"{ratio['p50']:.2f}x" if ratio else "-",
+                     *([f"{ratio32['p50']:.2f}x" if ratio32 else "-"] if fp32 else [])])
     return head, rows
 
 
@@ -49,11 +52,14 @@ def _facts(doc: dict[str, Any]) -> list[str]:
     ]
     if doc["baseline"]:
         facts.append(f"Baseline: {doc['baseline']['runtime']} on {doc['baseline']['description']}")
+        if doc["baseline"].get("fp32"):
+            facts.append(f"Baseline: {doc['baseline']['fp32']['runtime']} on {doc['baseline']['fp32']['description']}")
     if c["outputs_match"] is None:
         facts.append("Outputs: not checked")
     else:
         facts.append(f"Outputs: {'match' if c['outputs_match'] else 'DIFFER'} ({c['reference'] or 'between runtimes'}, "
                      f"max abs error {c['max_abs_error']:.3g})")
+    facts += [line[0].upper() + line[1:] for line in ratio_summary(doc)]
     for r in doc["results"]:
         for n in ([r["ratio_note"]] if r["ratio_note"] and not r["ratio_vs_baseline"] else []) + r["notes"]:
             facts.append(f"Note ({r['runtime']}, {r['threads']} threads): {n}")

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 TOOLKIT, BASELINE = "toolkit", "baseline"
+BASELINE_FP32 = "baseline-fp32"     # int8 runs: the float model the artifact was quantized from
+BASELINE_ROLES = (BASELINE, BASELINE_FP32)
 
 
 @dataclass
 class RuntimeResult:
-    runtime: str                    # autoglm-cpp, autoglm-python, autoglm-rpc, onnxruntime, litert
-    role: str                       # toolkit | baseline
+    runtime: str                    # autoglm-cpp, autoglm-python, autoglm-rpc, onnxruntime, litert, onnxruntime fp32, litert fp32
+    role: str                       # toolkit | baseline | baseline-fp32
     threads: int
     where: str                      # host, qemu-aarch64, rpc://HOST:PORT/KEY
     emulated: bool = False
