@@ -29,6 +29,17 @@ as `dequantize(q) -> conv2d/matmul -> quantize` chains whose arithmetic is float
    fuse into the integer kernel's epilogue: requantization by a float scale, one multiply per
    output on these CPUs.
 
+   A matmul of two per-tensor quantized activations (attention's Q.K^T and softmax.V, any batch
+   dims) becomes an integer batch-matmul with the zero points corrected at run time:
+
+       sum_k (a - za)(b - zb) = sum_k a b' - (zb - t) sum_k a - za (sum_k b' + K (t - zb)),   b' = b - t
+
+   t = 128 for uint8 b (b' is then the signed operand of vpdpbusd; 0 for int8). b is packed at run
+   time into the dense weights' layout (`pack_int8`; a transpose of b, K^T, is read in place, not
+   materialised); the row sums of a come from a small vectorised kernel (`row_sums_int8`), the
+   column sums of b' from a dot product of a row of ones with the packed operand. Each term is
+   dropped when its zero point makes it 0 (softmax outputs have za = 0).
+
 `Int8Report` says what became integer and what stayed float (and why), for the manifest and
 `compile --explain`.
 """
@@ -253,29 +264,76 @@ def _pairs_overflow_int16(dot4: np.ndarray) -> bool:
     return bool((255 * (w[..., 0::2] + w[..., 1::2])).max(initial=0) > 32767)
 
 
-def dense_int8(data, packed, wide: bool = False):
+def dense_int8(data, packed, wide: bool = False, name: str = "dense_int8"):
     """out[..., m, n] = sum_k data[..., m, k] * W[k, n], W read as `packed` [N/L, K/4, L, 4] (see IntegerOps):
-    per output lane 4 adjacent products, the operand of the 4-way integer dot products."""
+    per output lane 4 adjacent products, the operand of the 4-way integer dot products. A run-time B
+    (`pack_int8`, a batch-matmul of two activations) has the leading dims of `data` before those four."""
     from tvm import te
 
     from .layout import DOT, _product
 
-    nb, k4_n, lanes, _ = (int(d) for d in packed.shape)
+    nb, k4_n, lanes, _ = (int(d) for d in packed.shape[-4:])
+    batch = len(packed.shape) - 4
     *lead, m = (d for d in data.shape[:-1])
     k4 = te.reduce_axis((0, k4_n), "k4")
     k = te.reduce_axis((0, DOT), "k")
-    return te.compute(
-        (*lead, m, nb * lanes),
-        lambda *i: te.sum(_product(data[(*i[:-1], k4 * DOT + k)], packed[i[-1] // lanes, k4, i[-1] % lanes, k], "int32"),
-                          axis=[k4, k]),
-        name="dense_int8_wide" if wide else "dense_int8")
+
+    def acc(*i):
+        b = packed[(*i[len(i) - 2 - batch:len(i) - 2], i[-1] // lanes, k4, i[-1] % lanes, k)]
+        return te.sum(_product(data[(*i[:-1], k4 * DOT + k)], b, "int32"), axis=[k4, k])
+
+    return te.compute((*lead, m, nb * lanes), acc, name=f"{name}_wide" if wide else name)
+
+
+def pack_int8(b, lanes: int, transposed: bool, shift: int):
+    """A run-time 8-bit B operand [..., K, N] ([..., N, K] if `transposed`) in `dense_int8`'s layout
+    [..., N/L, K/4, L, 4], as int8 `b - shift` (128: uint8 becomes the signed operand of vpdpbusd).
+    The block's name says the source layout (`pack_int8_kn` / `pack_int8_nk`) to the schedule."""
+    from tvm import te
+
+    from .layout import DOT
+
+    *lead, rows, cols = (int(d) for d in b.shape)
+    k_dim, n = (cols, rows) if transposed else (rows, cols)
+
+    def value(*i):
+        *ld, nb, k4, lane, j = i
+        v = b[(*ld, nb * lanes + lane, k4 * DOT + j)] if transposed else b[(*ld, k4 * DOT + j, nb * lanes + lane)]
+        return (v.astype("int32") - shift).astype("int8") if shift else v.astype("int8")
+
+    return te.compute((*lead, n // lanes, k_dim // DOT, lanes, DOT), value,
+                      name="pack_int8_nk" if transposed else "pack_int8_kn")
+
+
+def row_sums_int8(x, coef: int, lanes: int):
+    """coef * sum_k x[..., r, k] as int32 [..., R, 1] (zero-point corrections): partial sums of `lanes`
+    adjacent columns first (`row_sums_int8_part`, contiguous vector adds), then across the lanes."""
+    from tvm import te
+
+    *lead, rows, k_dim = (int(d) for d in x.shape)
+    v_n = lanes if lanes > 1 and k_dim % lanes == 0 else 1
+    ko = te.reduce_axis((0, k_dim // v_n), "ko")
+    part = te.compute((*lead, rows, v_n), lambda *i: te.sum(x[(*i[:-1], ko * v_n + i[-1])].astype("int32"), axis=ko),
+                      name="row_sums_int8_part")
+    v = te.reduce_axis((0, v_n), "v")
+    sums = te.compute((*lead, rows, 1), lambda *i: te.sum(part[(*i[:-1], v)], axis=v), name="row_sums_int8")
+    return te.compute(sums.shape, lambda *i: sums[i] * coef, name="row_sums_int8_coef") if coef != 1 else sums
+
+
+def _swaps_last_two(permute) -> bool:
+    """Whether a permute_dims only swaps its input's last two axes (a matrix transpose, batched or not)."""
+    n = len(permute.args[0].ty.shape)
+    axes = permute.attrs.axes
+    if axes is None:
+        return n == 2
+    return n >= 2 and [int(a) for a in axes] == [*range(n - 2), n - 1, n - 2]
 
 
 def IntegerOps(report: Int8Report | None = None, lanes: int | None = None):  # noqa: N802 - a pass constructor
     """Dequantize -> conv2d / matmul chains to integer operators (see the module doc, 2).
 
-    `lanes`: the target's int32 vector width; dense layers then get the packed `dense_int8` compute
-    (without: Relax's integer matmul)."""
+    `lanes`: the target's int32 vector width; dense layers and batch-matmuls then get the packed
+    `dense_int8` compute (without: Relax's integer matmul)."""
     import tvm
     from tvm import relax
 
@@ -408,10 +466,19 @@ def IntegerOps(report: Int8Report | None = None, lanes: int | None = None):  # n
             return self._rescale(acc, corr.reshape(shape), scale.reshape(shape), call)
 
         def _matmul(self, call):
-            ops = self._operands(call, "matmul", PERMUTE)
-            if ops is None:
+            act, why = self._activation(call.args[0])
+            if act is None:
+                rep.float("matmul", why)
                 return call
-            (xq, sx, zx), (w, sw, axis, permute) = ops
+            wt, why = self._weight(call.args[1], PERMUTE)
+            if wt is None:
+                other, why_b = self._activation_operand(call.args[1])
+                if other is None:
+                    rep.float("matmul", why if why_b is None else
+                              f"its second operand is neither a dequantized constant nor an 8-bit activation ({why_b})")
+                    return call
+                return self._matmul_activations(call, act, other)
+            (xq, sx, zx), (w, sw, axis, permute) = act, wt
             if w.ndim != 2 or (permute is not None and permute.attrs.axes is not None
                                and [int(x) for x in permute.attrs.axes] != [1, 0]):
                 rep.float("matmul", "its weight is not a 2-D matrix (or is permuted other than transposed)")
@@ -434,6 +501,81 @@ def IntegerOps(report: Int8Report | None = None, lanes: int | None = None):  # n
             scale = (sx * np.broadcast_to(sw, (n,))).astype(np.float32)
             rep.integer("matmul")
             return self._rescale(acc, corr, scale, call)
+
+        def _activation_operand(self, expr):
+            """((q, s, z, transposed), "") for a matmul's second operand that is a per-tensor dequantized
+            8-bit activation, `transposed` when q is [..., N, K] (a permute_dims of the last two axes
+            on either side of the dequantize); (None, why) if a dequantize of something else; (None, None)
+            if no dequantize at all."""
+            transposed = False
+            perm = self._call(expr, PERMUTE)
+            if perm is not None:
+                if not _swaps_last_two(perm):
+                    return None, "it is permuted other than transposed"
+                transposed, expr = True, perm.args[0]
+            found = _dequantized(self, expr)
+            if isinstance(found, str):
+                return None, found.replace("its input", "it")
+            q, s, z = found
+            inner = self._call(q, PERMUTE)
+            if inner is not None and _swaps_last_two(inner):
+                # the packing reads the untransposed tensor: the transpose (K^T of attention) needs no kernel
+                q, transposed = inner.args[0], not transposed
+            return (q, s, z, transposed), ""
+
+        def _matmul_activations(self, call, act, other):
+            """matmul(dequant(a, sa, za), dequant(b, sb, zb)) of two 8-bit activations (attention's Q.K^T
+            and softmax.V): 8-bit x 8-bit -> int32, zero points corrected with sums taken at run time,
+
+                sum_k (a - za)(b - zb) = sum_k a b' - (zb - t) sum_k a - za (sum_k b - K zb),   b = b' + t
+
+            b' = b - 128 (t = 128) for uint8 b: the signed operand of the dot products."""
+            aq, sa, za = act
+            bq, sb, zb, transposed = other
+            try:
+                *lead_a, m, k_dim = (int(d) for d in aq.ty.shape)
+                *lead_b, rows, cols = (int(d) for d in bq.ty.shape)
+            except (TypeError, ValueError, AttributeError):
+                rep.float("matmul", "its operands' shapes are not static")
+                return call
+            kb, n = (cols, rows) if transposed else (rows, cols)
+            if kb != k_dim or (lead_b and lead_b != lead_a):
+                rep.float("matmul", "its operands' batch dims broadcast")
+                return call
+            shift = 128 if str(bq.ty.dtype) == "uint8" else 0
+            swap = [*range(len(lead_b)), len(lead_b) + 1, len(lead_b)]
+            packed_path = bool(lanes) and n % lanes == 0 and k_dim % DOT == 0
+            if packed_path:
+                packed = self.builder_.emit(self.builder_.call_te(pack_int8, bq, lanes, transposed, shift,
+                                                                  primfunc_name_hint="pack_int8"))
+                # b' spans the whole int8 range: vpmaddubsw's int16 pairs could saturate ("wide")
+                acc = self.builder_.call_te(dense_int8, aq, packed, True, "batch_matmul_int8",
+                                            primfunc_name_hint="batch_matmul_int8")
+            else:
+                b = self.builder_.emit(relax.op.permute_dims(bq, swap)) if transposed else bq
+                acc, shift = relax.op.matmul(aq, b, out_dtype="int32"), 0
+            if zb - shift:
+                rows_corr = self.builder_.call_te(row_sums_int8, aq, zb - shift, lanes or 1,
+                                                  primfunc_name_hint="row_sums_int8")
+                acc = relax.op.subtract(acc, rows_corr)
+            if za:
+                if packed_path:
+                    # sum_k b' per column: a dot product of a row of ones with the packed operand, one
+                    # instruction per 4 x L bytes ([..., 1, N], the broadcast the correction needs)
+                    ones = relax.const(np.ones((*lead_a, 1, k_dim), str(aq.ty.dtype)))
+                    # pairs of 1 x b' never leave int16: exact on vpmaddubsw too (not "wide")
+                    col_sums = self.builder_.call_te(dense_int8, ones, packed, False, "batch_matmul_int8",
+                                                     primfunc_name_hint="col_sums_int8")
+                    col_sums = relax.op.add(col_sums, relax.const(k_dim * (shift - zb), "int32"))
+                else:
+                    nk = bq if transposed else self.builder_.emit(relax.op.permute_dims(bq, swap))
+                    col_sums = relax.op.reshape(self.builder_.call_te(row_sums_int8, nk, 1, 1,
+                                                                      primfunc_name_hint="row_sums_int8"),
+                                                [*lead_b, 1, n])
+                    col_sums = relax.op.subtract(col_sums, relax.const(k_dim * zb, "int32"))
+                acc = relax.op.subtract(acc, relax.op.multiply(col_sums, relax.const(za, "int32")))
+            rep.integer("matmul")
+            return self._rescale(acc, np.zeros(1, np.int32), np.asarray(sa * sb, np.float32), call)
 
         def _rescale(self, acc, corr: np.ndarray, scale: np.ndarray, original):
             if np.any(corr):

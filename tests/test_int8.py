@@ -310,3 +310,132 @@ def test_bench_int8_artifact_against_onnxruntime_int8(digits_int8, tmp_path):
     (cmp,) = doc["correctness"]["comparisons"]
     assert cmp["against"] == "onnxruntime (QDQ graph as written)" and cmp["passed"] and cmp["atol"] > 1e-4
     assert {r["role"] for r in doc["results"]} == {"toolkit", "baseline"}
+
+
+# ---- integer attention: batch-matmuls of two quantized activations ----------------------------------
+
+class _Attention(nn.Module):
+    """One self-attention block, 2 heads of 32 over 32 tokens: Q.K^T and softmax.V multiply two activations."""
+
+    def __init__(self, dim: int = 64, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
+        return self.out((att @ v).transpose(1, 2).reshape(b, s, d))
+
+
+@pytest.fixture(scope="module")
+def attention_onnx(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return export_onnx(_Attention().eval(), torch.randn(1, 32, 64), tmp_path_factory.mktemp("attn") / "attn.onnx")
+
+
+def test_int8_attention_is_integer_and_matches_the_literal_qdq_graph(attention_onnx, tmp_path):
+    """Q.K^T and softmax.V of a QDQ self-attention block are integer batch-matmuls: no float matmul is
+    left, and the outputs stay within the compile's output steps of onnxruntime's literal QDQ execution."""
+    from compile import INT8_VERIFY_STEPS
+    from compile.quantize import output_steps
+    from toolkit.runtime import load
+
+    out = tmp_path / "attn"
+    run_cli("compile", attention_onnx, "-o", out, "--int8", "--calibration-random", "16", check=True)
+    m = _manifest(out)
+    assert m["precision"]["integer_ops"] == {"matmul": 4} and m["precision"]["float_ops"] == {}, m["precision"]
+    assert m["verification"]["passed"]
+    rows = m["fusion"]["kernel_table"]
+    batch = [r for r in rows if r["pattern"].startswith("batch_matmul")]
+    assert len(batch) == 2 and all(r["dtypes"] == "u8×i8→i32" for r in batch), [(r["name"], r["dtypes"]) for r in rows]
+    assert not any(r["pattern"].split("+")[0] in ("matmul", "dense", "batch_matmul") and "f32×" in r["dtypes"] for r in rows)
+    # the head split / merge (reshape, transpose, split, squeeze) moves the 8-bit tensors, not requantized floats
+    moves = [r for r in rows if r["pattern"].split("+")[0] in ("reshape", "transpose", "split", "squeeze")]
+    assert moves and all(r["dtypes"] == "u8→u8" for r in moves), [(r["name"], r["dtypes"]) for r in moves]
+    qdq = out / "quantized.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    literal = ort.InferenceSession(str(qdq), so, providers=["CPUExecutionProvider"])
+    tol = INT8_VERIFY_STEPS * 1.001 * max(output_steps(qdq).values())
+    model = load(out)
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        x = rng.standard_normal((1, 32, 64)).astype(np.float32)
+        assert np.abs(model.run({"x": x})["y"] - literal.run(None, {"x": x})[0]).max() <= tol
+
+
+@pytest.mark.parametrize("target_name", list(_DOT))
+def test_integer_attention_uses_the_targets_dot_product(attention_onnx, tmp_path, target_name):
+    """The batch-matmuls get the packed dot-product kernel: vpdpbusd (AVX-512 VNNI) and sdot (rpi5, int8
+    activations) tensorized; on AVX2 not vpmaddubsw, whose int16 pairs a run-time operand could saturate."""
+    import tvm
+    from compile.frontend import _read_onnx, fix_shapes, onnx_input_specs
+    from compile.quantize import quantize_model, random_samples
+
+    target = targets.load_target(target_name)
+    qdq = tmp_path / "attn_int8.onnx"
+    quantize_model(attention_onnx, qdq, target,
+                   random_samples(fix_shapes(onnx_input_specs(_read_onnx(attention_onnx)), {}), 8), "minmax")
+    mod, sched = _integer_kernels(qdq, target)
+    batch = [n for n in sched if n.startswith("fused_batch_matmul_int8")]
+    assert len(batch) == 2, sched
+    aux = {n: s for n, s in sched.items() if re.search(r"pack_int8|row_sums_int8|col_sums_int8", n)}
+    assert aux and all(aux.values()), aux  # the packing and zero-point sums are scheduled too
+    instr, dot = _DOT[target_name]
+    for name in batch:
+        asm = tvm.tirx.build(tvm.IRModule({"main": mod[name].with_attr("global_symbol", "main")}),
+                             target=tvm.target.Target(target.tvm)).inspect_source("asm")
+        if dot == "avx2":
+            assert sched[name] == "dense-int8-x86-avx2" and not re.search(instr, asm), name
+        else:
+            assert sched[name].startswith(f"dense-int8-{dot}") and re.search(instr, asm), (name, sched[name])
+
+
+@pytest.mark.parametrize("dtype, za, zb, transpose, n", [
+    ("uint8", 137, 9, "inner", 32),     # K^T as BERT's QDQ graph has it: the transpose of the 8-bit tensor
+    ("uint8", 0, 128, "outer", 32),     # softmax.V-like: no zero-point sums at all
+    ("uint8", 3, 250, None, 32),
+    ("int8", -5, 7, "inner", 32),       # int8 activations (ARM): u8 x s8 instructions do not apply on x86
+    ("uint8", 200, 1, None, 24),        # N not a multiple of the vector: Relax's integer matmul
+])
+def test_integer_batch_matmul_is_exact(dtype, za, zb, transpose, n):
+    """matmul(dequant(a), dequant(b)) of two run-time 8-bit tensors: int32 accumulation with the zero points
+    corrected at run time equals the exact integer result, rescaled by one float multiply (bit for bit)."""
+    import tvm
+    from tvm import relax
+
+    from compile.build import relax_pipeline
+    from compile.int8 import Int8Report
+
+    target = targets.load_target("host")
+    lead, m, k = (1, 2), 16, 64
+    sa, sb = np.float32(0.021), np.float32(0.0037)
+    rng = np.random.default_rng(0)
+    lo, hi = (0, 256) if dtype == "uint8" else (-128, 128)
+    a = rng.integers(lo, hi, (*lead, m, k)).astype(dtype)
+    b = rng.integers(lo, hi, (*lead, k, n)).astype(dtype)
+    b_in = np.ascontiguousarray(np.swapaxes(b, -1, -2)) if transpose else b
+    swap = [0, 1, 3, 2]
+    bb = relax.BlockBuilder()
+    av, bv = relax.Var("a", relax.TensorType(a.shape, dtype)), relax.Var("b", relax.TensorType(b_in.shape, dtype))
+    with bb.function("main", [av, bv]):
+        with bb.dataflow():
+            bq = bb.emit(relax.op.permute_dims(bv, swap)) if transpose == "inner" else bv
+            da = bb.emit(relax.op.dequantize(av, relax.const(sa), relax.const(za, dtype), axis=-1))
+            db = bb.emit(relax.op.dequantize(bq, relax.const(sb), relax.const(zb, dtype), axis=-1))
+            if transpose == "outer":
+                db = bb.emit(relax.op.permute_dims(db, swap))
+            out = bb.emit_output(relax.op.matmul(da, db))
+        bb.emit_func_output(out)
+    report = Int8Report()
+    tt = tvm.target.Target(target.tvm)
+    with tt:
+        ex = tvm.compile(bb.get(), target=tt, relax_pipeline=relax_pipeline(target, None, report))
+    assert report.integer_ops == {"matmul": 1} and report.float_ops == {}
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b_in)).numpy()
+    exact = (a.astype(np.int64) - za) @ (b.astype(np.int64) - zb)
+    np.testing.assert_array_equal(got, exact.astype(np.float32) * np.float32(np.float64(sa) * np.float64(sb)))

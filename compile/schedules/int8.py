@@ -16,6 +16,11 @@ Elsewhere (NEON without dotprod, u8 activations on ARM, s8 activations on x86) t
 built from widening multiplies LLVM vectorises by itself. The register tile is the fp32 one of
 `nchwc.py` (nf channel blocks x nx pixels of int32 accumulators), the epilogue (zero-point
 correction, requantization, clamps, the next layer's quantize) fused per tile before one store.
+
+The dense kernel (`dense_int8`: [.., M, K] x packed [.., N/L, K/4, L, 4]) schedules batch-matmuls of
+two activations too (`batch_matmul_int8_wide`: the run-time operand spans all of int8, so on AVX2
+they are widening multiplies, `vpmaddwd` pairs, never `vpmaddubsw`). Their helpers get rules here
+as well: the run-time packing (`pack_int8`) and the zero-point row sums (`row_sums_int8`).
 """
 
 from __future__ import annotations
@@ -211,7 +216,7 @@ def conv2d_nchwc_int8(func, cfg: CpuConfig):
     return sch, kind
 
 
-DENSE_BLOCKS = ("dense_int8", "dense_int8_wide")
+DENSE_BLOCKS = ("dense_int8", "dense_int8_wide", "batch_matmul_int8", "batch_matmul_int8_wide")
 
 
 def dense_int8(func, cfg: CpuConfig):
@@ -233,12 +238,15 @@ def dense_int8(func, cfg: CpuConfig):
     ext = [_int(iv.dom.extent) for iv in prep.iters]
     if any(e is None for e in ext) or len(ext) < 4:
         return None
-    packed = next((r.source for r in stmt.reads if len(r.source.shape) == 4 and str(r.source.dtype) == "int8"), None)
-    data = next((r.source for r in stmt.reads if r.source is not packed and str(r.source.dtype) in ("uint8", "int8")), None)
-    if packed is None or data is None:
+    # the packed operand is the read indexed by the innermost reduction iterator alone (data's is k4 * 4 + k)
+    k_var = prep.iters[-1].var
+    packed = next((r.source for r in stmt.reads if r.region[-1].min.same_as(k_var) and len(r.source.shape) >= 4), None)
+    data = next((r.source for r in stmt.reads if not r.source.same_as(packed) and not r.source.same_as(prep.out_buf)
+                 and str(r.source.dtype) in ("uint8", "int8")), None)
+    if packed is None or data is None or str(packed.dtype) != "int8":
         return None
-    lanes = _int(packed.shape[2])
-    intrin = dot_intrinsic(cfg, lanes, str(data.dtype), stmt.name_hint == "dense_int8_wide")
+    lanes = _int(packed.shape[-2])
+    intrin = dot_intrinsic(cfg, lanes, str(data.dtype), stmt.name_hint.endswith("_wide"))
     budget = min(cfg.accumulators, 16 if cfg.arch != "x86_64" else cfg.accumulators)
 
     epilogue = list(prep.epilogue)
@@ -278,3 +286,94 @@ def dense_int8(func, cfg: CpuConfig):
         sch.tensorize(l_l, intrin)
         kind += f"-{cfg.int8_dot}"
     return sch, kind
+
+
+PACK_BLOCKS = ("pack_int8_kn", "pack_int8_nk")
+# below this many bytes an auxiliary int8 kernel (packing, row sums) runs on one thread: TVM's thread
+# pool costs more to start than the copy itself (BERT-mini's 32 KiB operands: 1 us single-threaded)
+PARALLEL_MIN_BYTES = 256 << 10
+
+
+def _spatial_root_blocks(sch):
+    from .rules import _is_spatial_block, _root
+
+    return [(b, _is_spatial_block(sch.get(b))) for b in sch.get_child_blocks(_root(sch))]
+
+
+def pack_int8(func, cfg: CpuConfig):
+    """Schedule the run-time packing of a batch-matmul's B operand (`compile/int8.py`'s `pack_int8`, its
+    movement producers inlined); (schedule, "pack-int8") or None.
+
+    Loops stay in output order (panel, k/4, lane, byte). From [N, K] (`pack_int8_nk`, attention's K^T)
+    the 4 bytes of a lane are adjacent in one source row: unrolled, LLVM copies them as one word
+    (1.2 us for 4 x 128 x 64 here, 6.7 us vectorized by the elementwise rule). From [K, N]
+    (`pack_int8_kn`) a lane's 4 bytes come from 4 rows: left scalar, LLVM's loop vectorizer makes the
+    interleaving shuffles of 4 row vectors (0.8 us; 7-12 us with the 4 bytes or the lanes vectorized)."""
+    from tvm import s_tir
+
+    from .nchwc import _block_names
+    from .rules import _int
+
+    if not any(n in PACK_BLOCKS for n in _block_names(func)):
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = _spatial_root_blocks(sch)
+    if not all(spatial for _, spatial in blocks) or sch.get(blocks[-1][0]).name_hint not in PACK_BLOCKS:
+        return None
+    for blk, _ in blocks[:-1]:
+        sch.compute_inline(blk)  # squeeze / split / transpose in front: read in place
+    main = blocks[-1][0]
+    name = sch.get(main).name_hint
+    *lead, nb, k4, lane, byte = sch.get_loops(main)
+    outer = sch.fuse(*lead, nb) if lead else nb
+    size = 1
+    for lp in sch.get_loops(main):
+        size *= _int(sch.get(lp).extent) or 1
+    if cfg.threads > 1 and size >= PARALLEL_MIN_BYTES:
+        sch.parallel(outer)
+    if name == "pack_int8_nk":
+        sch.unroll(byte)
+    return sch, "pack-int8"
+
+
+def row_sums_int8(func, cfg: CpuConfig):
+    """Schedule `compile/int8.py`'s `row_sums_int8` (zero-point corrections of a batch-matmul): per row,
+    vector adds of lane-wide column groups, then one horizontal sum; (schedule, "row-sums-int8") or None.
+    (0.7 us for 4 x 128 x 64 bytes here; TVM's plain sum: 13.6 us.)"""
+    from tvm import s_tir
+
+    from .nchwc import _block_names
+    from .rules import _int
+
+    names = _block_names(func)
+    if "row_sums_int8" not in names or "row_sums_int8_part" not in names:
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = [b for b, _ in _spatial_root_blocks(sch)]
+    stmts = [sch.get(b).name_hint for b in blocks]
+    if stmts.count("row_sums_int8_part") != 1 or stmts.count("row_sums_int8") != 1:
+        return None
+    i_part, i_sums = stmts.index("row_sums_int8_part"), stmts.index("row_sums_int8")
+    if i_sums != i_part + 1:
+        return None
+    for blk in blocks[:i_part]:
+        sch.compute_inline(blk)  # the operand's producers (squeeze, ...) read in place
+    part, sums, epilogue = blocks[i_part], blocks[i_sums], blocks[i_sums + 1:]
+    *lead, rows, one, v = sch.get_loops(sums)
+    outer = sch.fuse(*lead, rows, one)
+    size = 1
+    for lp in sch.get_loops(part):
+        size *= _int(sch.get(lp).extent) or 1
+    if cfg.threads > 1 and size >= PARALLEL_MIN_BYTES:
+        sch.parallel(outer)
+    sch.compute_at(part, outer)
+    inner = sch.get_loops(part)[1:]
+    if len(inner) == 2:  # (lane, k/lanes): the reduction outside, the lanes one vector add
+        lane, ko = inner
+        sch.reorder(ko, lane)
+        sch.vectorize(lane)
+        init = sch.decompose_reduction(part, ko)
+        sch.vectorize(sch.get_loops(init)[-1])
+    for blk in epilogue:
+        sch.reverse_compute_at(blk, outer)
+    return sch, "row-sums-int8"
