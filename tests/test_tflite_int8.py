@@ -207,3 +207,16 @@ def test_int8_bad_options_for_tflite(small_tflite, int8_io, tmp_path, which, ext
                    *extra, "-o", out)
     assert_user_error(proc, 2, fragment)
     assert_nothing_written(out)
+
+
+def test_bench_times_litert_and_checks_the_qdq_graph(host_artifact):
+    """`bench` on a full-integer TFLite artifact: LiteRT times source.tflite (its own integer kernels); the
+    outputs are checked against the QDQ graph the artifact computes, within the steps compile verified with."""
+    proc = run_cli("bench", host_artifact[0], "--baseline", "auto", "-t", "1", "--repeat", "6", "--warmup", "1",
+                   "--json", "-", "--no-db", check=True)
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "completed"
+    assert [(r["runtime"], r["role"]) for r in doc["results"]] == [("autoglm-cpp", "toolkit"), ("litert", "baseline")]
+    (cmp,) = doc["correctness"]["comparisons"]
+    assert cmp["against"] == "onnxruntime (QDQ graph as written)" and cmp["passed"] and cmp["max_abs_error"] <= 2, cmp
+    assert cmp["atol"] >= 2.0, cmp   # int8 outputs: steps of 1

@@ -117,21 +117,30 @@ def _reference_backend(run: BenchRun, threads: int, warmup: int, timeout: float,
         fmt = run.fp32_source.format
         r = RuntimeResult(fp32_runtime(fmt), role, threads, "host")
         return WorkerBackend(RUNTIME_FOR_FORMAT[fmt], run.fp32_source.path, r, warmup, timeout, workdir)
+    if literal:
+        r = RuntimeResult("onnxruntime (QDQ graph as written)", role, threads, "host")
+        return WorkerBackend("onnxruntime-literal", _qdq_graph(run), r, warmup, timeout, workdir)
     name = RUNTIME_FOR_FORMAT[run.source.format]
-    kind = f"{name}-literal" if literal else name
-    r = RuntimeResult(f"{name} (QDQ graph as written)" if literal else name, role, threads, "host")
-    return WorkerBackend(kind, run.source.path, r, warmup, timeout, workdir)
+    r = RuntimeResult(name, role, threads, "host")
+    return WorkerBackend(name, run.source.path, r, warmup, timeout, workdir)
 
 
-def _int8_onnx(run: BenchRun) -> bool:
-    """An int8 artifact of an ONNX (QDQ) model: its outputs are checked against the graph's literal execution.
+def _qdq_graph(run: BenchRun) -> Path | None:
+    """The QDQ graph an int8 artifact computes, which its outputs are checked against (executed as written), or
+    None for other artifacts: an ONNX model's own QDQ file; for a full-integer TFLite model, the QDQ graph its
+    import made (prepared.onnx in the artifact).
 
-    onnxruntime's own integer kernels (what the baseline times) requantize differently from the QDQ
-    graph's float semantics, which the artifact follows: measured 1 output step apart on MobileNetV2 and 3
-    on BERT-mini (its attention runs in integers there), more than a correct int8 artifact may differ from
-    the graph it was built from."""
-    return (run.manifest.get("precision", {}).get("mode") == "int8" and run.source is not None
-            and run.source.format == "onnx")
+    The runtimes' own integer kernels (what the baseline times) requantize differently from the QDQ graph's
+    float semantics, which the artifact follows: onnxruntime measured 1 output step apart on MobileNetV2 and 3
+    on BERT-mini (its attention runs in integers there); LiteRT's steps travel through the next operators (4
+    steps at the output of a generated graph). More than a correct int8 artifact may differ from its graph."""
+    if run.manifest.get("precision", {}).get("mode") != "int8" or run.source is None:
+        return None
+    if run.source.format == "onnx":
+        return run.source.path
+    if "prepared.onnx" in run.manifest.get("files", {}):
+        return run.config.artifact / "prepared.onnx"
+    return None
 
 
 def _runtime_dir(cfg: BenchConfig, arch: str) -> Path | None:
@@ -147,12 +156,11 @@ def _runtime_dir(cfg: BenchConfig, arch: str) -> Path | None:
 
 def _atol_for(run: BenchRun, cfg: BenchConfig) -> float:
     """int8 artifacts: the tolerance `compile` verified them with (compile.INT8_VERIFY_STEPS output steps)."""
-    if not _int8_onnx(run):
+    if _qdq_graph(run) is None:
         return cfg.atol
-    from compile import INT8_VERIFY_STEPS
-    from compile.quantize import output_steps
+    from compile import INT8_VERIFY_STEPS, quantized_output_steps
 
-    steps = output_steps(run.source.path).values()
+    steps = quantized_output_steps(run.source.path, run.source.format)
     return max([cfg.atol] + [INT8_VERIFY_STEPS * 1.001 * s for s in steps])
 
 
@@ -228,9 +236,12 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchRun:
             np.save(p, arr, allow_pickle=False)
             input_files[name] = str(p)
         reference_result: RuntimeResult | None = None
-        literal = _int8_onnx(run)
+        literal = _qdq_graph(run) is not None
+        if literal:
+            run.reference = "onnxruntime"
         if source is not None and (baseline is None or literal) and cfg.check_outputs:
-            say(f"reference outputs from {run.reference} ({source.origin}{', the QDQ graph as written' if literal else ''})")
+            origin = f"{_qdq_graph(run).name}, the QDQ graph as written" if literal else source.origin
+            say(f"reference outputs from {run.reference} ({origin})")
             ref = _reference_backend(run, threads_list[0], 0, cfg.timeout, workdir, "reference", literal)
             active.append(ref)
             ref.start(input_files)
