@@ -20,9 +20,10 @@ A conversion that would leave layout transforms around the ops between the convs
 1 per 4 blocked convs: TFLite graphs with channel padding or PReLU, an opaque ONNX Pad) is dropped
 and the model keeps its own layout; so is one that TVM's layout inference cannot do.
 
-The block is the target's fp32 vector width (8 on AVX2, 16 on AVX-512, 4 on NEON), or 8 on AVX-512
-when more of the model's convs divide by 8 than by 16 (MobileNetV2's 24/144 channels). Convs whose
-channels do not divide by the block stay NCHW, with the NCHW rules of `compile/schedules/rules.py`.
+A tensor's block is the target's fp32 vector width (8 on AVX2, 16 on AVX-512, 4 on NEON) when its
+channels divide by it, else 8 on AVX-512 (MobileNetV2's 24-channel tensors, between 144-channel ones at
+16): blocks follow the channel count, so a conv reads its input in the block its producer wrote. Convs
+whose channels divide by no block stay NCHW, with the NCHW rules of `compile/schedules/rules.py`.
 """
 
 from __future__ import annotations
@@ -53,8 +54,18 @@ def block_candidates(target: Target) -> list[int]:
 _SOURCE_LAYOUTS = {"NCHW": ("OIHW",), "NHWC": ("HWIO", "HWOI", "OHWI")}
 
 
-def _conv_layouts(call: Any, block: int) -> list[str] | None:
-    """[data, kernel, out] layouts for one fp32 conv2d (NCHW or NHWC), or None to leave it as it is."""
+def channel_block(channels: int, candidates: list[int]) -> int | None:
+    """The block a tensor of `channels` channels is stored in: the widest candidate dividing it."""
+    return next((b for b in candidates if channels % b == 0), None)
+
+
+def _conv_layouts(call: Any, candidates: list[int]) -> list[str] | None:
+    """[data, kernel, out] layouts for one fp32 conv2d (NCHW or NHWC), or None to leave it as it is.
+
+    Every tensor's block follows from its own channel count (`channel_block`), so a conv reads its input in
+    the block its producer wrote and the two need no transform between them: on AVX-512 MobileNetV2's
+    24-channel tensors are NCHW8c and the 144-channel ones around them NCHW16c (one block for the whole
+    model put all of it on 8-lane vectors)."""
     attrs = call.attrs
     data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
     if kernel_layout not in _SOURCE_LAYOUTS.get(data_layout, ()) or str(attrs.out_layout) != data_layout:
@@ -69,15 +80,18 @@ def _conv_layouts(call: Any, block: int) -> list[str] | None:
     except (AttributeError, TypeError, ValueError):
         return None
     groups = int(attrs.groups)
-    if cout % block:
+    ob = channel_block(cout, candidates)
+    if ob is None:
         return None
     if groups == 1:
-        ib = block if cin % block == 0 else cin
-        if ib != block and cin > block:
-            return None  # many channels, not a multiple of the block: stays as it is
-        return [f"NCHW{ib}c", f"OIHW{ib}i{block}o", f"NCHW{block}c"]
+        ib = channel_block(cin, candidates)
+        if ib is None:
+            if cin > candidates[0]:
+                return None  # many channels, not a multiple of any block: stays as it is
+            ib = cin  # a few input channels (the RGB stem): read as one block, no reorder of the input
+        return [f"NCHW{ib}c", f"OIHW{ib}i{ob}o", f"NCHW{ob}c"]
     if groups == cin == cout:
-        return [f"NCHW{block}c", f"OIHW1i{block}o", f"NCHW{block}c"]
+        return [f"NCHW{ob}c", f"OIHW1i{ob}o", f"NCHW{ob}c"]
     return None
 
 
@@ -96,14 +110,14 @@ def _conv_calls(mod) -> list:
     return calls
 
 
-def choose_block(mod, candidates: list[int]) -> int | None:
-    """The widest candidate block that puts as many of the model's convs into the blocked layout as any."""
-    calls = _conv_calls(mod)
-    covered = {b: sum(1 for c in calls if _conv_layouts(c, b)) for b in candidates}
-    most = max(covered.values(), default=0)
-    if most == 0:
-        return None
-    return next(b for b in candidates if covered[b] == most)
+def planned_layouts(mod, candidates: list[int]) -> list[list[str] | None]:
+    """Per conv of the model, the [data, kernel, out] layouts it will take (None: it stays as it is)."""
+    return [_conv_layouts(c, candidates) for c in _conv_calls(mod)]
+
+
+def blocked_convs(mod, candidates: list[int]) -> int:
+    """How many of the model's convs take a blocked layout."""
+    return sum(1 for layouts in planned_layouts(mod, candidates) if layouts)
 
 
 def _activation_transforms(mod) -> int:
@@ -137,20 +151,20 @@ def _activation_transforms(mod) -> int:
 
 
 def convert_layout_pass(candidates: list[int]):
-    """Relax ConvertLayout with the per-conv callback of this module, at the block `choose_block` picks."""
+    """Relax ConvertLayout with the per-conv callback of this module (blocks by channel count)."""
     import tvm
     from tvm import relax
 
     @tvm.transform.module_pass(opt_level=0, name="AutoglmBlockedLayout")
     def _pass(mod, _ctx):
-        block = choose_block(mod, candidates)
-        if block is None:
+        blocked = blocked_convs(mod, candidates)
+        if blocked == 0:
             return mod
 
         def layout_cb(call):
             if getattr(call.op, "name", "") != CONV:
                 return {}
-            layouts = _conv_layouts(call, block)
+            layouts = _conv_layouts(call, candidates)
             return {CONV: layouts} if layouts else {}
 
         try:
@@ -159,7 +173,6 @@ def convert_layout_pass(candidates: list[int]):
         except Exception:  # noqa: BLE001 - TVM's layout inference of some op cannot take the block
             # (e.g. 0.27 aborts on some Resize/ConvTranspose graphs): the model stays as it is, still correct
             return mod
-        blocked = sum(1 for c in _conv_calls(mod) if _conv_layouts(c, block))
         if _activation_transforms(new) > 2 + blocked // 4:
             # ops between the convs that do not take the blocked layout (channel padding, PReLU, ... in
             # TFLite graphs) would each sit between two transforms: slower than no blocking at all

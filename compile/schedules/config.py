@@ -14,6 +14,10 @@ from targets import Target
 # allocations on the stack only in global scope and sends every "local" one to TVMBackendAllocWorkspace,
 # a call per tile (measured: an 8x8 int32 tile so allocated made a 16->96 1x1 conv 3x slower).
 TILE_SCOPE = "global"
+# ... and only up to this many bytes (TVM's kMaxStackAlloca, tvm/runtime/device_api.h): a larger tile is
+# allocated per tile too. 16 zmm accumulators are 1024 bytes; 24 of them (what AVX-512's 32 registers
+# allow) made MobileNetV2's int8 16->96 expansion at 112x112 5.8x slower (1.10 vs 0.19 ms).
+STACK_TILE_BYTES = 1024
 
 # Per-core data cache sizes (bytes) of the CPUs the built-in targets name; used only for loop-order
 # heuristics, so an unknown CPU falls back to a typical value for its architecture.
@@ -47,8 +51,9 @@ class CpuConfig:
 
     @property
     def accumulators(self) -> int:
-        """Vector registers a register tile may use for accumulators (the rest hold loads/broadcasts)."""
-        return max(1, self.vector_regs - 4)
+        """Vector registers a register tile may use for accumulators: the rest hold loads and broadcasts, and
+        the tile must fit the stack (STACK_TILE_BYTES; 16 on AVX-512, the register file elsewhere)."""
+        return max(1, min(self.vector_regs - 4, STACK_TILE_BYTES // max(1, self.vector_bits // 8)))
 
 
 def _mattr(target: Target) -> set[str]:
