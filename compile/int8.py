@@ -40,6 +40,10 @@ as `dequantize(q) -> conv2d/matmul -> quantize` chains whose arithmetic is float
    column sums of b' from a dot product of a row of ones with the packed operand. Each term is
    dropped when its zero point makes it 0 (softmax outputs have za = 0).
 
+   Then (`FloatRequantize`) a requantization whose 8-bit tensor only feeds float ops again (a QDQ
+   GELU or attention scaling requantizes after every op) stays in float, `clamp(round(x/s) + z) - z`,
+   without the four conversions to 8 bits and back: the same values, bit for bit.
+
 `Int8Report` says what became integer and what stayed float (and why), for the manifest and
 `compile --explain`.
 """
@@ -52,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Int8Report", "IntegerOps", "QdqElementwise", "is_quantized"]
+__all__ = ["FloatRequantize", "Int8Report", "IntegerOps", "QdqElementwise", "is_quantized"]
 
 CONV = "relax.nn.conv2d"
 MATMUL = "relax.matmul"
@@ -153,6 +157,29 @@ MOVEMENT = ("relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expan
             "relax.split")
 
 
+def _then_cleaned(rewrite):
+    """`rewrite`, then its leftovers cleaned: bindings nothing uses any more removed and aliases (`y = x`,
+    a rewrite that returns an existing tensor) resolved.
+
+    Until then the old operands' chains (a dequantize the integer op no longer reads) count as
+    consumers and an alias as an op: FuseOps stops an epilogue there, which left a scale multiply as
+    a kernel of its own (ResNet18's stem, 25 us)."""
+    import tvm
+    from tvm import relax
+
+    canonicalize = relax.transform.CanonicalizeBindings()
+
+    @tvm.transform.module_pass(opt_level=0, name=f"{rewrite.info.name}+Cleanup")
+    def _pass(mod, _ctx):
+        mod = canonicalize(rewrite(mod))
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = relax.analysis.remove_all_unused(func)
+        return mod
+
+    return _pass
+
+
 def QdqElementwise():  # noqa: N802 - a pass constructor
     """Per-tensor quantize / dequantize of activations as elementwise ops (see the module doc, 1)."""
     from tvm import relax
@@ -237,7 +264,7 @@ def QdqElementwise():  # noqa: N802 - a pass constructor
 
     from .relax_passes import mutator_pass
 
-    return mutator_pass(_Rewrite, "AutoglmQdqElementwise")
+    return _then_cleaned(mutator_pass(_Rewrite, "AutoglmQdqElementwise"))
 
 
 _BLOCKED_KERNEL = re.compile(r"^OIHW(\d+)i(\d+)o$")
@@ -586,8 +613,85 @@ def IntegerOps(report: Int8Report | None = None, lanes: int | None = None):  # n
 
     from .relax_passes import mutator_pass
 
+    # after the integer rewrite, which reads the 8-bit tensors the casts make
+    return tvm.transform.Sequential([_then_cleaned(mutator_pass(_Rewrite, "AutoglmIntegerOps")), FloatRequantize()],
+                                    name="AutoglmIntegerOpsAndRequantize")
+
+
+def FloatRequantize():  # noqa: N802 - a pass constructor
+    """`dequantize(quantize(x))` where the 8-bit tensor feeds nothing else: in float, without the casts.
+
+    QdqElementwise's quantize is `astype(F, int8|uint8)` with F = clamp(round(x * (1/s)) [+ z]), an
+    integer in the 8-bit range held in a float, so `float(astype(astype(F, 8-bit), int32) - z)` is
+    F - z exactly. The casts cost four conversions per value in every requantization a fused
+    epilogue chains (a QDQ GELU or attention scaling requantizes after each op); an 8-bit tensor
+    that an integer operator, another kernel or a second op reads is left as it is."""
+    import tvm
+    from tvm import relax
+
+    def uses(mod) -> dict:
+        count: dict = {}
+
+        def visit(expr):
+            if isinstance(expr, relax.Var):
+                count[expr] = count.get(expr, 0) + 1
+
+        for _, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                relax.analysis.post_order_visit(func, visit)
+        return count
+
+    @relax.expr_functor.mutator
+    class _Rewrite(relax.PyExprMutator):
+        def __init__(self, mod=None):
+            super().__init__(mod)
+            self._uses = uses(mod) if mod is not None else {}
+
+        def _only_use(self, var, name: str):
+            """The call `var` is bound to if it is `name` and `var` has no other use, else None."""
+            if not isinstance(var, relax.Var) or self._uses.get(var, 0) != 1:
+                return None
+            value = _bound_value(self, var, steps=1)
+            return value if isinstance(value, relax.Call) and _op_name(value) == name else None
+
+        def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
+            call = super().visit_call_(call)
+            if _op_name(call) != "relax.astype" or str(call.attrs.dtype) != "float32":
+                return call
+            inner, z = call.args[0], 0.0
+            sub = self._only_use(inner, "relax.subtract")
+            if sub is not None:
+                zv = _scalar(sub.args[1])
+                if zv is None:
+                    return call
+                inner, z = sub.args[0], float(zv)
+            widen = self._only_use(inner, "relax.astype")
+            if widen is None or str(widen.attrs.dtype) != "int32":
+                return call
+            narrow = self._only_use(widen.args[0], "relax.astype")
+            if narrow is None or str(narrow.attrs.dtype) not in EIGHT_BIT:
+                return call
+            lo, hi = (0.0, 255.0) if str(narrow.attrs.dtype) == "uint8" else (-128.0, 127.0)
+            f = narrow.args[0]
+            # F must be QdqElementwise's clamp(round(...) [+ z]): an integer in range, which the casts keep
+            hi_call = _bound_value(self, f, steps=1)
+            if not (isinstance(hi_call, relax.Call) and _op_name(hi_call) == "relax.minimum" and _scalar(hi_call.args[1]) == hi):
+                return call
+            lo_call = _bound_value(self, hi_call.args[0], steps=1)
+            if not (isinstance(lo_call, relax.Call) and _op_name(lo_call) == "relax.maximum" and _scalar(lo_call.args[1]) == lo):
+                return call
+            rounded = _bound_value(self, lo_call.args[0], steps=1)
+            if isinstance(rounded, relax.Call) and _op_name(rounded) == "relax.add" and _scalar(rounded.args[1]) is not None \
+                    and float(_scalar(rounded.args[1])).is_integer():
+                rounded = _bound_value(self, rounded.args[0], steps=1)
+            if not (isinstance(rounded, relax.Call) and _op_name(rounded) == "relax.round"):
+                return call
+            return relax.op.subtract(f, relax.const(z, "float32")) if z else f
+
+    from .relax_passes import mutator_pass
+
     del tvm
-    return mutator_pass(_Rewrite, "AutoglmIntegerOps")
+    return _then_cleaned(mutator_pass(_Rewrite, "AutoglmFloatRequantize"))
 
 
 def is_quantized(mod) -> bool:
