@@ -559,6 +559,9 @@ def IntegerOps(report: Int8Report | None = None, lanes: int | None = None):  # n
             b' = b - 128 (t = 128) for uint8 b: the signed operand of the dot products."""
             aq, sa, za = act
             bq, sb, zb, transposed = other
+            if aq.ty.ndim < 2 or bq.ty.ndim < 2:
+                rep.float("matmul", "an operand is a vector")
+                return call
             try:
                 *lead_a, m, k_dim = (int(d) for d in aq.ty.shape)
                 *lead_b, rows, cols = (int(d) for d in bq.ty.shape)
