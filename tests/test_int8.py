@@ -394,6 +394,23 @@ def test_integer_attention_uses_the_targets_dot_product(attention_onnx, tmp_path
             assert sched[name].startswith(f"dense-int8-{dot}") and re.search(instr, asm), (name, sched[name])
 
 
+@pytest.mark.parametrize("target_name", [
+    "x86-64-avx2",  # widening multiplies (not vpmaddubsw): runs on this x86 host
+    pytest.param("rpi5", marks=pytest.mark.skipif(not have("qemu-aarch64-static") and not have("qemu-aarch64"),
+                                                  reason="qemu-user-static not installed")),  # sdot, int8 activations
+])
+def test_int8_attention_verifies_on_other_isas(attention_onnx, tmp_path, target_name):
+    """The attention block's other integer paths run and match the literal QDQ graph too."""
+    out = tmp_path / target_name
+    run_cli("compile", attention_onnx, "-o", out, "--target", target_name, "--int8", "--calibration-random", "16",
+            check=True)
+    m = _manifest(out)
+    assert m["precision"]["integer_ops"] == {"matmul": 4} and m["precision"]["float_ops"] == {}
+    assert m["verification"]["passed"]
+    assert [r["dtypes"][:3] for r in m["fusion"]["kernel_table"] if r["pattern"].startswith("batch_matmul")] == \
+        ["i8×" if target_name == "rpi5" else "u8×"] * 2
+
+
 @pytest.mark.parametrize("dtype, za, zb, transpose, n", [
     ("uint8", 137, 9, "inner", 32),     # K^T as BERT's QDQ graph has it: the transpose of the 8-bit tensor
     ("uint8", 0, 128, "outer", 32),     # softmax.V-like: no zero-point sums at all
