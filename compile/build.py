@@ -165,7 +165,17 @@ def cpu_front_passes(tt, target: Target | None = None, int8_report=None) -> list
         # TVM's conv2d legalization refuses 5-D layouts: the blocked convs get the toolkit's computes
         legalize = [tvm.relax.transform.LegalizeOps(legalize_map())] + legalize[1:]
     return ([ClampIndices()] + cpu_generic.library_dispatch_passes(tt) + [fast_math_pass(), QdqElementwise()] + layout
-            + [IntegerOps(int8_report, _int32_lanes(target)), FoldConstantTransforms(dequantize=True)] + legalize)
+            + [IntegerOps(int8_report, _int32_lanes(target), _u8_dot(target)), FoldConstantTransforms(dequantize=True)]
+            + legalize)
+
+
+def _u8_dot(target: Target | None) -> bool:
+    """Whether the target's 8-bit dot product takes unsigned activations (x86's vpdpbusd / vpmaddubsw)."""
+    if target is None or target.device != "cpu":
+        return False
+    from .schedules import cpu_config
+
+    return cpu_config(target).int8_dot in ("vnni", "avx2", "avx512bw")
 
 
 def _int32_lanes(target: Target | None) -> int | None:

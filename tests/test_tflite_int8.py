@@ -220,3 +220,25 @@ def test_bench_times_litert_and_checks_the_qdq_graph(host_artifact):
     (cmp,) = doc["correctness"]["comparisons"]
     assert cmp["against"] == "onnxruntime (QDQ graph as written)" and cmp["passed"] and cmp["max_abs_error"] <= 2, cmp
     assert cmp["atol"] >= 2.0, cmp   # int8 outputs: steps of 1
+
+
+@pytest.mark.parametrize("target_name, instr", [("x86-64-avx512", r"vpdpbusd\s+%zmm"), ("x86-64-avx2", None)])
+def test_x86_runs_int8_activations_on_its_u8_dot_product(int8_io, target_name, instr):
+    """TFLite's activations are int8, x86's dot products take u8: moved up by 128 (zero point too), the convs
+    and the 10-class dense layer (N padded to whole vector panels) are the packed integer kernels; on
+    AVX-512 VNNI tensorized with vpdpbusd (AVX2 keeps widening multiplies for full-range TFLite weights,
+    whose u8 x s8 pairs could saturate vpmaddubsw)."""
+    import tvm
+
+    target = targets.load_target(target_name)
+    mod, sched = _integer_schedules(int8_io, target)
+    convs = [n for n, s in sched.items() if s and s.startswith("conv2d-nchwc-int8")]
+    dense = [n for n, s in sched.items() if s and s.startswith("dense-int8")]
+    assert len(convs) == 2 and len(dense) == 1, sched   # stem + pointwise; the classifier
+    if instr is None:
+        return
+    assert all(sched[n].startswith("conv2d-nchwc-int8-vnni") for n in convs), sched
+    assert sched[dense[0]].startswith("dense-int8-vnni"), sched
+    lib = tvm.tirx.build(tvm.IRModule({"main": mod[convs[0]].with_attr("global_symbol", "main")}),
+                         target=tvm.target.Target(target.tvm))
+    assert re.search(instr, lib.inspect_source("asm"))

@@ -229,7 +229,7 @@ def dense_int8(func, cfg: CpuConfig):
     if not any(n in DENSE_BLOCKS for n in _block_names(func)):
         return None
     prep = _prepare(func, analyse=False)
-    if prep is None or not prep.fusable:
+    if prep is None:
         return None
     sch, main = prep.sch, prep.main
     stmt = sch.get(main)
@@ -252,7 +252,7 @@ def dense_int8(func, cfg: CpuConfig):
     epilogue = list(prep.epilogue)
     if prep.is_output:
         epilogue = [sch.cache_write(main, 0, TILE_SCOPE)]
-    else:
+    elif prep.fusable:
         sch.set_scope(main, 0, TILE_SCOPE)
     loops = sch.get_loops(main)
     *lead, m_l, n_l, k4_l, k_l = loops
@@ -276,7 +276,15 @@ def dense_int8(func, cfg: CpuConfig):
         sch.parallel(fused)
     sch.unroll(mi)
     sch.unroll(fi)
-    epilogue_per_tile(sch, epilogue, fused)
+    if prep.fusable or prep.is_output:
+        epilogue_per_tile(sch, epilogue, fused)
+    else:
+        # the epilogue slices off the zero columns that padded N to whole panels (compile/int8.py): it runs
+        # after the main block, over its own domain
+        from .rules import schedule_spatial_block
+
+        for blk in epilogue:
+            schedule_spatial_block(sch, blk, cfg)
     if intrin is None:
         sch.unroll(k_l)
         sch.vectorize(l_l)
