@@ -96,6 +96,8 @@ OPS = {
     "linear": (lambda: Linear(40, 10), (3, 40), {"matmul"}),
     # 48 outputs: divisible by the vector width, so the weight is prepacked into panels (matmul_packed)
     "dense-packed": (lambda: Linear(64, 48), (16, 64), {"matmul"}),
+    # one row, 40 outputs (a classifier's GEMV): 8 divides them, 16 does not (half-width panels on AVX-512)
+    "gemv-40": (lambda: Linear(64, 40), (1, 64), {"matmul"}),
     "batch-matmul": (lambda: BatchMatmul(), (2, 16, 12), {"matmul", "reduction"}),
     "pools": (lambda: Pools(), (1, 8, 16, 16), {"pool"}),
     "transcendentals": (lambda: Transcendentals(), (4, 96), {"reduction", "elementwise"}),
@@ -195,6 +197,10 @@ def test_dense_weights_prepacked_into_panels(op_models, target_name):
     assert not [k for k in names if "weight_prepack" in k], f"weight repacking left as a runtime kernel: {names}"
     odd = _schedule_only(op_models["linear"], target)  # 10 outputs
     assert not [k for k in odd if k.endswith("_prepacked")] and any(v and v.startswith("matmul-") for v in odd.values())
+    if target_name != "rpi4":
+        # a single row whose outputs divide by 8, not by 16: packed too (8-lane panels on AVX-512)
+        gemv = _schedule_only(op_models["gemv-40"], target)
+        assert [k for k in gemv if k.endswith("_prepacked")], gemv
 
 
 @pytest.mark.parametrize("target_name", list(X86_ISAS))

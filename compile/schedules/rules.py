@@ -547,8 +547,8 @@ def matmul_packed(func, cfg: CpuConfig):
     sch, root, main, iters = prep.sch, prep.root, prep.main, prep.iters
     if len(iters) != 3 or [iv.iter_type for iv in iters] != [tirx.IterVar.DataPar] * 2 + [tirx.IterVar.CommReduce]:
         return None
-    if (prep.info.v, prep.info.m) != (1, 0):
-        return None
+    if prep.info.v != 1 or prep.info.m not in (0, None) or (prep.info.m is None and _int(iters[0].dom.extent) != 1):
+        return None  # (m is None for a single row: a classifier's GEMV)
     weight = None
     for r in prep.reads:
         idx = [x.min for x in r.region]
@@ -558,9 +558,11 @@ def matmul_packed(func, cfg: CpuConfig):
     if weight is None or any(weight.same_as(b) for b in sch.get(root).alloc_buffers):
         return None
     bits = prep.out_buf.dtype.bits
-    lanes = cfg.lanes(bits)
     M, N, K = (_int(iv.dom.extent) for iv in iters)
-    if lanes < 2 or N % lanes or M is None or K is None:
+    # half-width vectors where N does not divide by the full width (a 1000-class classifier on AVX-512:
+    # the generic reduction rule took it at 0.38 ms, 7% of MobileNetV2)
+    lanes = next((ln for ln in (cfg.lanes(bits), cfg.lanes(bits) // 2) if ln >= 4 and N is not None and N % ln == 0), 0)
+    if lanes < 2 or M is None or K is None:
         return None
     best = None
     for nv in _divisors_le(N // lanes, 4):
