@@ -291,6 +291,31 @@ def test_dense_layers_use_the_targets_dot_product(mlp_onnx, tmp_path, target_nam
     assert re.search(instr, lib.inspect_source("asm"))
 
 
+class _ConvPool(nn.Module):
+    """A ResNet-style stem: conv + ReLU, then a 3x3 stride-2 max pool, then another conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
+                                 nn.Conv2d(16, 16, 3, padding=1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_max_pool_of_a_quantized_tensor_stays_8_bit(tmp_path):
+    """quantize(max_pool(dequantize(q))) with the same scale is max_pool(q): the pool reads and writes 8-bit
+    values (the stem's output would otherwise stay float for it), outputs still equal the QDQ graph's."""
+    torch.manual_seed(0)
+    model = export_onnx(_ConvPool().eval(), torch.randn(1, 3, 32, 32), tmp_path / "pool.onnx")
+    out = tmp_path / "art"
+    run_cli("compile", model, "-o", out, "--int8", "--calibration-random", "8", check=True)
+    m = _manifest(out)
+    pools = [r for r in m["fusion"]["kernel_table"] if "max_pool2d" in r["name"]]
+    assert pools and all(r["dtypes"] in ("u8→u8", "i8→i8") for r in pools), pools
+    assert m["verification"]["passed"] and m["precision"]["integer_ops"] == {"conv2d": 2}, m["verification"]
+
+
 def test_int8_mlp_matches_the_literal_qdq_graph(mlp_onnx, tmp_path):
     out = tmp_path / "mlp"
     run_cli("compile", mlp_onnx, "-o", out, "--int8", "--calibration-random", "16", check=True)
