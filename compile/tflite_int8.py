@@ -154,6 +154,13 @@ class _Converter:
         self.initializers: list = []
         self.stored: dict[int, dict[str, str]] = {}   # tensor -> {layout: ONNX name} of its value as TFLite stores it
         self.written: dict[int, tuple[str, str]] = {}  # tensor an operator wrote -> (layout, ONNX name it wrote)
+        # a PAD folded into the convs that read it: its output -> (its input, [top, left, bottom, right])
+        self.folded_pads: dict[int, tuple[int, list[int]]] = {}
+        self.readers: dict[int, list] = {}
+        for i in range(self.graph.OperatorsLength()):
+            op = self.graph.Operators(i)
+            for pos, t in enumerate(op.InputsAsNumpy()):
+                self.readers.setdefault(int(t), []).append((op, pos))
         self.floats: dict[tuple[int, str], str] = {}  # (tensor, layout) -> ONNX name of its float value
         self._n = 0
 
@@ -394,6 +401,9 @@ class _Converter:
         strides = [int(o.StrideH()), int(o.StrideW())]
         dil = [int(o.DilationHFactor()), int(o.DilationWFactor())]
         pads = self.same_pads([h, w_], [kh, kw], strides, dil, o.Padding())
+        if x_idx in self.folded_pads:   # the PAD in front is this conv's own padding (see pad())
+            x_idx, extra = self.folded_pads[x_idx]
+            pads = [p + e for p, e in zip(pads, extra)]
         x = self.float_value(x_idx, NCHW)
         if depthwise:
             # [1, H, W, C*M] -> [C*M, 1, H, W]; per-channel scales are on TFLite's axis 3 -> ONNX axis 0
@@ -524,11 +534,38 @@ class _Converter:
         y = self.node(onnx_op, [self.float_value(x, layout)], onnx_op.lower(), axes=ax, keepdims=int(keep))
         self.write(op.Outputs(0), y, layout if self.rank(op.Outputs(0)) == 4 else NHWC)
 
+    def _conv_padding(self, op, pads: np.ndarray) -> list[int] | None:
+        """[top, left, bottom, right] when this PAD only pads H and W with zeros (the zero point) for convs with
+        VALID padding (how litert-torch writes a torch conv's padding): those convs then pad themselves, in
+        place, and the graph keeps no Pad between two convs (one would stop the blocked layout there)."""
+        import tflite
+
+        x, out = int(op.Inputs(0)), int(op.Outputs(0))
+        graph_outputs = {int(i) for i in self.graph.OutputsAsNumpy()}
+        if self.rank(x) != 4 or pads.shape != (4, 2) or np.any(pads[[0, 3]]) or np.any(pads < 0) \
+                or not self.same_quant(x, out) or out in graph_outputs or op.InputsLength() > 2:
+            return None
+        readers = self.readers.get(out, [])
+        for reader, pos in readers:
+            name = self.op_names.get(_builtin_code(self.model, reader), "")
+            if name not in ("CONV_2D", "DEPTHWISE_CONV_2D") or pos != 0:
+                return None
+            o = self.options(reader, "DepthwiseConv2DOptions" if name == "DEPTHWISE_CONV_2D" else "Conv2DOptions")
+            if o.Padding() != tflite.Padding.VALID:
+                return None
+        if not readers:
+            return None
+        return [int(pads[1, 0]), int(pads[2, 0]), int(pads[1, 1]), int(pads[2, 1])]
+
     def pad(self, op) -> None:
         x = int(op.Inputs(0))
         pads = self.constant(int(op.Inputs(1)))
         if pads is None:
             raise UnsupportedOperatorError("a TFLite PAD with paddings computed at run time is not supported")
+        folded = self._conv_padding(op, pads.reshape(-1, 2))
+        if folded is not None:
+            self.folded_pads[int(op.Outputs(0))] = (x, folded)
+            return
         rank = self.rank(x)
         layout = self.prefers(x) if rank == 4 else NHWC
         pads = pads.reshape(rank, 2).astype(np.int64)

@@ -231,3 +231,15 @@ def test_blocking_is_dropped_where_transforms_would_surround_every_op(tmp_path):
     mobilenet = tvm.transform.Sequential(blocked_layout_passes(host))(load_model(
         export_zoo_model("convnet", tmp_path / "convnet.onnx")).mod)
     assert 1 <= _activation_transforms(mobilenet) <= 2
+
+
+@pytest.mark.parametrize("target_name", list(ISA_TARGETS))
+def test_tflite_convs_with_a_pad_and_vector_biases_are_blocked(small_tflite, target_name):
+    """litert-torch writes a conv's padding as a PAD op in front of it and TVM's TFLite importer adds each
+    bias as a [C] vector: the pad folds into the conv (no padded copy of the input) and the biases become
+    4-D constants, so every conv takes the blocked layout (either left in place kept the model unblocked)."""
+    target = targets.load_target(target_name)
+    names = schedule_names(_scheduled(load_model(small_tflite).mod, target))
+    convs = {k: v for k, v in names.items() if "conv" in k}
+    assert len(convs) == 3 and all("-nchwc-" in v for v in convs.values()), names
+    assert not [k for k in names if "pad" in k], names
