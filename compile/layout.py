@@ -13,8 +13,9 @@ How a model gets there (all Relax passes, before legalization; see `blocked_layo
    legalization.
 3. `relax.nn.conv2d` in a blocked layout is legalized to this module's TE computes, whose main
    blocks `conv2d_nchwc` / `depthwise_conv2d_nchwc` the register-tiled schedules of
-   `compile/schedules/nchwc.py` recognise. (TVM 0.27's default legalization refuses 5-D layouts
-   and its `depthwise_conv2d_NCHWc` is a stub.)
+   `compile/schedules/nchwc.py` recognise (stride-1 3x3 convs of the shapes where it is faster: Winograd,
+   `compile/winograd.py`). (TVM 0.27's default legalization refuses 5-D layouts and its
+   `depthwise_conv2d_NCHWc` is a stub.)
 
 A conversion that would leave layout transforms around the ops between the convs (more than 2 +
 1 per 4 blocked convs: TFLite graphs with channel padding or PReLU, an opaque ONNX Pad) is dropped
@@ -284,6 +285,11 @@ def legalize_conv2d(bb, call):
     out_dtype = str(attrs.out_dtype)
     if out_dtype in ("", "void", "None"):  # "same as the input"
         out_dtype = str(call.args[0].ty.dtype)
+    from .winograd import legalize_winograd
+
+    winograd = legalize_winograd(bb, call)  # stride-1 3x3 convs where Winograd is faster (compile/winograd.py)
+    if winograd is not None:
+        return winograd
     compute = conv_nchwc if int(attrs.groups) == 1 else depthwise_nchwc
     return bb.call_te(compute, call.args[0], call.args[1], strides, padding, dilation, out_dtype,
                       primfunc_name_hint="conv2d_nchwc" if int(attrs.groups) == 1 else "depthwise_conv2d_nchwc")

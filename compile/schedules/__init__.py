@@ -24,12 +24,14 @@ def schedule_func(func, cfg: CpuConfig, tvm_target):
 
     from .int8 import conv2d_nchwc_int8, dense_int8, pack_int8, row_sums_int8
     from .nchwc import conv2d_nchwc
+    from .winograd import conv2d_winograd
 
     attempts = (
         lambda f: conv2d_nchwc_int8(f, cfg),
         lambda f: dense_int8(f, cfg),
         lambda f: pack_int8(f, cfg),
         lambda f: row_sums_int8(f, cfg),
+        lambda f: conv2d_winograd(f, cfg),
         lambda f: conv2d_nchwc(f, cfg),
         lambda f: rules.conv2d_packed(f, cfg),
         lambda f: rules.matmul_packed(f, cfg),
