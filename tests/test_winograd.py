@@ -111,6 +111,35 @@ def test_stride1_3x3_convs_take_winograd_with_their_epilogue(net_onnx, target_na
     assert sorted(wino.values()) == expected == sorted([4, 4, 2 if lanes == 16 else 4]), wino
 
 
+# target -> (a broadcast of an input channel of V: one per tile row of the GEMM's register tile, by lane on
+# NEON; a vector store to the stack)
+_GEMM_ASM = {
+    "x86-64-avx2": (r"vbroadcastss\s+-?\d*\(%r(?!ip)", r"vmov[au]ps\s+%ymm\d+, -?\d*\(%rsp\)"),
+    # (a channel used by one FMA only is an embedded broadcast operand, {1to16})
+    "x86-64-avx512": (r"vbroadcastss\s+-?\d*\(%r(?!ip)|\(%r(?!ip)[^)]*\)\{1to16\}", r"vmov[au]ps\s+%zmm\d+, -?\d*\(%rsp\)"),
+    "rpi4": (r"fmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[\d\]", r"\bstr\s+q\d+, \[sp"),
+}
+
+
+@pytest.mark.parametrize("target_name", list(_GEMM_ASM))
+def test_gemm_tile_stays_in_registers(net_onnx, target_name):
+    """The batched GEMM's inner loop (the basic blocks that broadcast input channels) stores nothing to the
+    stack: its accumulator tile fits the register file on each ISA. (The transforms may spill: few FLOPs.)"""
+    import re
+
+    import tvm
+
+    target = targets.load_target(target_name)
+    mod = _scheduled(load_model(net_onnx).mod, target)
+    broadcast, stack_store = _GEMM_ASM[target_name]
+    for name in _winograd_kernels(mod):
+        func = mod[name].with_attr("global_symbol", "main")
+        asm = tvm.tirx.build(tvm.IRModule({"main": func}), target=tvm.target.Target(target.tvm)).inspect_source("asm")
+        blocks = [b for b in re.split(r"\n(?=\.?[\w$]+:)", asm) if len(re.findall(broadcast, b)) >= 4]
+        assert blocks, f"no GEMM loop in {name} for {target_name}"
+        assert not [b for b in blocks if re.search(stack_store, b)], f"{name} spills in its GEMM on {target_name}"
+
+
 @pytest.mark.parametrize("target_name", ["x86-64-avx2", "x86-64-avx512"])
 def test_x86_builds_match_onnxruntime(net_onnx, target_name, tmp_path):
     """Built for each x86 ISA and, where this CPU has it, run and checked against onnxruntime by compile."""
