@@ -49,16 +49,22 @@ def _loads_of(sch, buf, consumers) -> int:
 # in one group. Groups of one tile row keep V and M in L1/L2: 56x56x64 and 28x28x128 at F(4x4) were 10-25%
 # slower in groups of 2 or all rows. On ARM boards (no or a small L3: unmeasured) above half the L2.
 STREAM_ONCE_BYTES = {"x86_64": 12 << 20}
+# ... but a group's V and M (a workspace per group and thread, alpha^2 / m^2 times its share of the output)
+# stay within this: a large image with such weights takes several groups of rows.
+MAX_GROUP_BYTES = 4 << 20
 
 
-def _groups(th: int, alpha: int, cin: int, cout: int, ocb: int, batch: int, cfg: CpuConfig) -> tuple[int, int]:
+def _groups(th: int, tw: int, alpha: int, cin: int, cout: int, ocb: int, batch: int,
+            cfg: CpuConfig) -> tuple[int, int]:
     """(tile rows per group, output-channel chunks) of the kernel's parallel loop (see STREAM_ONCE_BYTES); at
     least a group per thread where the image has enough rows."""
     weights = alpha * alpha * cin * cout * 4
-    if weights > STREAM_ONCE_BYTES.get(cfg.arch, cfg.l2_bytes // 2):
-        chunks = max(d for d in _divisors_le(ocb, cfg.threads) if d <= max(1, cfg.threads // batch))
-        return th, chunks
-    return 1, 1
+    if weights <= STREAM_ONCE_BYTES.get(cfg.arch, cfg.l2_bytes // 2):
+        return 1, 1
+    chunks = max(d for d in _divisors_le(ocb, cfg.threads) if d <= max(1, cfg.threads // batch))
+    per_row = alpha * alpha * tw * (cin + cout // chunks) * 4
+    rows = max(r for r in _divisors_le(th, th) if r == 1 or r * per_row <= MAX_GROUP_BYTES)
+    return rows, chunks
 
 
 def _per_tile(sch, blk, m: int):
@@ -143,7 +149,7 @@ def conv2d_winograd(func, cfg: CpuConfig):
 
     # register tile: nf output-channel blocks x (nty x ntx) tiles of the group; several tile rows only when
     # the tile is a whole row (a tile across a row's end would not be a box of M, which the copy-out needs)
-    rows, chunks = _groups(th, alpha, icb_n * ib, ocb_n * lanes, ocb_n, n_n, cfg)
+    rows, chunks = _groups(th, tw, alpha, icb_n * ib, ocb_n * lanes, ocb_n, n_n, cfg)
     budget = cfg.accumulators
     if cfg.arch != "x86_64":
         budget = min(budget, 16)  # as nchwc.py: fmla-by-lane needs registers beside the tile on aarch64
