@@ -708,6 +708,17 @@ def _critical() -> Iterator[None]:
         _critical_depth -= 1
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Run a block that calls TVM with Python callbacks inside (schedule rules walk TIR through
+    `tvm_ffi.structural_walk`): a KeyboardInterrupt raised in such a callback can reach a C++ frame that
+    cannot pass it on, and the process aborts. An interrupt during the block is raised after it."""
+    with _critical():
+        yield
+    if interrupted():
+        raise KeyboardInterrupt
+
+
 # ---- writing an artifact ----------------------------------------------------------------------------
 
 def _umask() -> int:

@@ -12,11 +12,14 @@ How a run goes:
    to beat, and the weights for the budget: each task gets trials (or time) in proportion to
    calls x default latency, so the kernels that dominate the model get most of the search.
    At compile time a tuned record is applied only where it measured faster than the default
-   schedule; elsewhere the default rules schedule the kernel. The rule's trace is not used as a
-   search seed: it has no sampling decisions for MetaSchedule's mutators to work on.
-4. Tasks are tuned one after another (evolutionary search, XGBoost cost model shared across
-   tasks), each in its own MetaSchedule task-scheduler run that stops at the task's trial share or
-   time slice. Measurements are appended to the JSONDatabase as each batch finishes, and the task
+   schedule; elsewhere the default rules schedule the kernel.
+4. Tasks are tuned one after another. A task's search starts from its default schedule: first the
+   default rule's own alternatives (other register-tile shapes and loop orders, up to
+   VARIANTS_PER_TASK, nearest the default first; `compile/schedules/knobs.py`) are measured and
+   stored as records, since MetaSchedule's generic design space does not hold the blocked-layout
+   tiles the rules write. The rest of the task's share goes to MetaSchedule's evolutionary search
+   (XGBoost cost model shared across tasks), in its own task-scheduler run that stops at the task's
+   trial share or time slice. Measurements are appended to the JSONDatabase as each batch finishes, and the task
    log gets `start`/`done` lines, so a killed run keeps all measured records and the next run
    resumes the unfinished tasks (MetaSchedule seeds their search with the records already there).
 """
@@ -48,6 +51,7 @@ __all__ = ["RpcSpec", "TaskReport", "TuneSummary", "TuningError", "parse_budget"
 
 DEFAULT_BATCH = 16
 MAX_TRIALS_PER_TASK_TIMED = 100_000
+VARIANTS_PER_TASK = 24  # the default rule's alternatives measured first (compile/schedules/knobs.py)
 _UNIT_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
 
 
@@ -264,9 +268,14 @@ def _default_schedule(task_mod, target: Target):
 
 def _measure(builder, runner, mods: list, tt) -> list[float | None]:
     """Build and run plain (untraced) PrimFunc modules with the tuning builder/runner: median ms each."""
+    return [1e3 * sorted(secs)[len(secs) // 2] if secs else None for secs in _run_secs(builder, runner, mods, tt)]
+
+
+def _run_secs(builder, runner, mods: list, tt) -> list[list[float] | None]:
+    """Build and run PrimFunc modules with the tuning builder/runner: the runner's seconds per repeat, each."""
     from tvm.s_tir import meta_schedule as ms
 
-    results: list[float | None] = [None] * len(mods)
+    results: list[list[float] | None] = [None] * len(mods)
     built = builder.build([ms.builder.BuilderInput(m, tt) for m in mods])
     inputs, where = [], []
     for i, (m, b) in enumerate(zip(mods, built)):
@@ -279,8 +288,7 @@ def _measure(builder, runner, mods: list, tt) -> list[float | None]:
     for i, fut in zip(where, futures):
         res = fut.result()
         if res.error_msg is None and res.run_secs:
-            secs = sorted(float(s) for s in res.run_secs)
-            results[i] = 1e3 * secs[len(secs) // 2]
+            results[i] = [float(s) for s in res.run_secs]
     for b in built:
         if b.artifact_path:
             shutil.rmtree(Path(b.artifact_path).parent, ignore_errors=True)
@@ -377,6 +385,8 @@ def _classes():
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
     from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
+    from .artifact import interrupted
+
     @derived_object
     class OneTaskScheduler(PyTaskScheduler):
         """Runs a single task until its trial share, its deadline or its search space ends."""
@@ -393,6 +403,8 @@ def _classes():
                 return -1
             if self.state.get("in_flight"):
                 self.join_running_task(0)
+            if interrupted():  # SIGINT/SIGTERM during the search: stop after the batch in flight (its records kept)
+                return -1
             # every task gets at least one batch; after that its time slice decides
             if self.deadline is not None and self.state.get("batches", 0) and time.monotonic() >= self.deadline:
                 return -1
@@ -509,7 +521,7 @@ def tune_model(
                 summary.default_measurements = len(need)
                 for (_, rep), (_, rule), ms_ in zip(need, scheduled, times):
                     rep.default_rule, rep.default_ms = rule, ms_
-            _tune_pending(ms, db, db_dir, pending, summary, tt, builder, runner, trials=trials, budget_s=budget_s,
+            _tune_pending(ms, db, db_dir, pending, summary, tt, target, builder, runner, trials=trials, budget_s=budget_s,
                           batch=batch, seed=seed, progress=progress)
         else:
             for _, rep in pending:
@@ -519,8 +531,10 @@ def tune_model(
     return summary
 
 
-def _tune_pending(ms, db, db_dir: Path, pending, summary: TuneSummary, tt, builder, runner, *, trials, budget_s, batch,
-                  seed, progress: Progress) -> None:
+def _tune_pending(ms, db, db_dir: Path, pending, summary: TuneSummary, tt, target: Target, builder, runner, *, trials,
+                  budget_s, batch, seed, progress: Progress) -> None:
+    from .artifact import interrupts_deferred
+
     _, OneTaskScheduler, ProgressCallback = _classes()
     weights = [max(rep.calls * (rep.default_ms or 1.0), 1e-6) for _, rep in pending]
     # no kernel is starved: each weighs at least a tenth of the average
@@ -574,33 +588,81 @@ def _tune_pending(ms, db, db_dir: Path, pending, summary: TuneSummary, tt, build
             progress.update(float(done_trials) if trials is not None else min(elapsed, float(budget_s)),
                             task=rep.name, trials=done_trials, best_ms=rep.best_ms, model_ms=model_ms())
 
+        if rep.default_rule is not None:
+            _measure_variants(ms, db, wmod, tt, target, builder, runner, rep, share=share, deadline=deadline,
+                              batch=batch, on_batch=on_batch)
+            state["batches"] = state.get("batches", 0) + (1 if rep.trials else 0)
         prior = tuning_db.best_record(db, wmod, tt)
         if prior is not None:
             rep.best_ms = tuning_db.record_ms(prior)
+        left = share - rep.trials
+        if left <= 0 or (deadline is not None and time.monotonic() >= deadline):
+            _finish_task(db, db_dir, wmod, tt, rep, summary, progress)
+            continue
         ctx = ms.TuneContext(
             mod=wmod, target=tt, space_generator="post-order-apply",
             # a population in proportion to the trials: small runs stay quick, long runs search wide
             search_strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=min(512, max(64, 4 * share)), init_min_unmeasured=min(50, max(16, share))),
+                population_size=min(512, max(64, 4 * left)), init_min_unmeasured=min(50, max(16, left))),
             task_name=rep.name, logger=quiet, rand_state=seed + idx, num_threads=2,
         ).clone()
         scheduler = OneTaskScheduler(deadline, state)
         callbacks = ms.measure_callback.MeasureCallback.create("default") + [ProgressCallback(on_batch, state)]
         task_started = time.monotonic()
-        scheduler.tune(
-            tasks=[ctx], task_weights=[1.0], max_trials_global=share, max_trials_per_task=share,
-            num_trials_per_iter=max(1, min(batch, share)), builder=builder, runner=runner,
-            measure_callbacks=callbacks, database=db, cost_model=cost_model,
-        )
+        # MetaSchedule calls back into Python (this scheduler, the builder, the cost model) from C++ frames
+        # that abort the process on a KeyboardInterrupt: a signal stops the search at its next batch instead
+        with interrupts_deferred():
+            scheduler.tune(
+                tasks=[ctx], task_weights=[1.0], max_trials_global=left, max_trials_per_task=left,
+                num_trials_per_iter=max(1, min(batch, left)), builder=builder, runner=runner,
+                measure_callbacks=callbacks, database=db, cost_model=cost_model,
+            )
         if state.get("batches"):
             batch_times.append((time.monotonic() - task_started) / state["batches"])
             batch_s = sum(batch_times) / len(batch_times)
-        best = tuning_db.best_record(db, wmod, tt)
-        rep.best_ms = tuning_db.record_ms(best) if best is not None else rep.best_ms
-        rep.records = len(db.get_top_k(db.commit_workload(wmod), 1 << 30))
-        summary.trials_measured += rep.trials
-        tuning_db.append_task(db_dir, {"workload": rep.workload, "event": "done", "task": rep.name,
-                                       "default_rule": rep.default_rule, "default_ms": rep.default_ms,
-                                       "best_ms": rep.best_ms, "trials": rep.trials})
-        progress.task_done(rep)
+        _finish_task(db, db_dir, wmod, tt, rep, summary, progress)
     progress.stop()
+
+
+def _finish_task(db, db_dir: Path, wmod, tt, rep: TaskReport, summary: TuneSummary, progress: Progress) -> None:
+    best = tuning_db.best_record(db, wmod, tt)
+    rep.best_ms = tuning_db.record_ms(best) if best is not None else rep.best_ms
+    rep.records = len(db.get_top_k(db.commit_workload(wmod), 1 << 30))
+    summary.trials_measured += rep.trials
+    tuning_db.append_task(db_dir, {"workload": rep.workload, "event": "done", "task": rep.name,
+                                   "default_rule": rep.default_rule, "default_ms": rep.default_ms,
+                                   "best_ms": rep.best_ms, "trials": rep.trials})
+    progress.task_done(rep)
+
+
+def _measure_variants(ms, db, wmod, tt, target: Target, builder, runner, rep: TaskReport, *, share: int,
+                      deadline: float | None, batch: int, on_batch: Callable[[int, list[float]], None]) -> None:
+    """The first stage of a task's search: the default rule's own alternatives (its tile shapes and loop
+    orders, `compile/schedules/knobs.py`), measured and stored as records of the workload.
+
+    MetaSchedule's generic design space does not hold the blocked-layout register tiles the default rules
+    write, so its search alone seldom beats them; starting from the rule's neighbours does. The default
+    schedule itself was measured before (`rep.default_ms`); a variant is applied by `compile` only where it
+    measured faster. The variants take trials from the task's share and time from its slice, in batches,
+    at least one batch."""
+    from .artifact import interrupts_deferred
+    from .schedules import cpu_config, schedule_variants
+
+    with interrupts_deferred():
+        variants = [v for v in schedule_variants(wmod["main"], cpu_config(target), tt, limit=VARIANTS_PER_TASK)
+                    if not v.is_default]
+    variants = variants[:max(0, share)]
+    workload = db.commit_workload(wmod)
+    for start in range(0, len(variants), batch):
+        if start and deadline is not None and time.monotonic() >= deadline:
+            break
+        chunk = variants[start:start + batch]
+        secs = _run_secs(builder, runner, [v.sch.mod for v in chunk], tt)
+        ok = []
+        for v, run in zip(chunk, secs):
+            if run is None:
+                continue
+            args = ms.arg_info.ArgInfo.from_entry_func(v.sch.mod, remove_preproc=True)
+            db.commit_tuning_record(ms.database.TuningRecord(v.sch.trace, workload, run, tt, args))
+            ok.append(1e3 * sorted(run)[len(run) // 2])
+        on_batch(len(chunk), ok)

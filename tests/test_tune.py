@@ -280,3 +280,98 @@ def test_estimate_leaves_out_kernels_it_could_not_measure():
     assert s.to_json()["estimated_kernel_ms"]["unmeasured_kernels"] == ["take"]
     s.tasks = s.tasks[2:]
     assert s.estimate_ms("default") is None
+
+
+class _ConvBlock(__import__("torch").nn.Module):
+    """A pointwise expansion and a depthwise conv: kernels of the blocked-layout rules, whose knobs tuning explores."""
+
+    def __init__(self):
+        from torch import nn
+
+        super().__init__()
+        self.pw = nn.Conv2d(16, 64, 1)
+        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+
+    def forward(self, x):
+        return self.dw(self.pw(x).relu()).relu()
+
+
+@pytest.fixture(scope="module")
+def conv_onnx(tmp_path_factory) -> Path:
+    import torch
+
+    from toolkit.export import export_onnx
+
+    torch.manual_seed(0)
+    return export_onnx(_ConvBlock().eval(), torch.randn(1, 16, 14, 14), tmp_path_factory.mktemp("conv") / "conv.onnx")
+
+
+def _conv_tasks(model: Path, target_name: str):
+    import targets
+    import tvm
+    from compile.frontend import load_model
+    from compile.tune import fused_module
+    from tvm.s_tir import meta_schedule as ms
+
+    target = targets.load_target(target_name)
+    tt = tvm.target.Target(target.tvm)
+    mod = fused_module(load_model(model, None).mod, target)
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, tt) if "conv2d_nchwc" in t.task_name]
+    return target, tt, tasks
+
+
+@pytest.mark.parametrize("target_name", ["x86-64-avx2", "x86-64-avx512", "rpi4"])
+def test_rule_variants_start_from_the_default_and_replay(conv_onnx, target_name):
+    """The default rule's alternatives: the default schedule first, all distinct, each rebuilt from its trace alone."""
+    import tvm_ffi
+    from compile.schedules import cpu_config, schedule_func, schedule_variants
+    from tvm import s_tir
+
+    target, tt, tasks = _conv_tasks(conv_onnx, target_name)
+    assert {("depthwise" in t.task_name) for t in tasks} == {True, False}
+    cfg = cpu_config(target)
+    for task in tasks:
+        wmod = task.dispatched[0]
+        variants = schedule_variants(wmod["main"], cfg, tt)
+        assert len(variants) >= 2, task.task_name  # a 14-pixel row has several register tiles
+        default, rule = schedule_func(wmod["main"], cfg, tt)
+        assert variants[0].is_default and variants[0].rule == rule
+        assert tvm_ffi.structural_equal(variants[0].sch.mod["main"], default)
+        hashes = {tvm_ffi.structural_hash(v.sch.mod) for v in variants}
+        assert len(hashes) == len(variants)
+        for v in variants[1:]:
+            assert v.knobs and all(k.split(".")[0] in ("conv", "depthwise") for k in v.knobs)
+            replayed = s_tir.Schedule(wmod)
+            v.sch.trace.apply_to_schedule(replayed, remove_postproc=False)
+            assert tvm_ffi.structural_equal(replayed.mod, v.sch.mod)
+
+
+def test_tuning_measures_the_default_rules_alternatives_first(conv_onnx, tmp_path):
+    """Each conv kernel's first trials are its rule's own variants; compile applies one only where it measured faster."""
+    import tvm_ffi
+    from compile import tuning_db
+    from compile.schedules import cpu_config, schedule_variants
+    from tvm import s_tir
+
+    db = tmp_path / "db"
+    s = tune(conv_onnx, "--target", "host", "--trials", "8", "--batch", "4", "--db", db)
+    convs = [t for t in s["tasks"] if t["default_rule"] and "nchwc" in t["default_rule"]]
+    assert len(convs) == 2 and all(t["trials"] >= 1 and t["records"] >= 1 for t in convs)
+    target, tt, tasks = _conv_tasks(conv_onnx, "host")
+    source = tuning_db.load_readonly(db)
+    for task in tasks:
+        wmod = task.dispatched[0]
+        alternatives = {tvm_ffi.structural_hash(v.sch.mod)
+                        for v in schedule_variants(wmod["main"], cpu_config(target), tt) if not v.is_default}
+        recorded = set()
+        for rec in source.get_top_k(source.commit_workload(wmod), 1 << 20):
+            sch = s_tir.Schedule(wmod)
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            recorded.add(tvm_ffi.structural_hash(sch.mod))
+        assert recorded & alternatives, task.task_name
+    out = tmp_path / "art"
+    run_cli("compile", conv_onnx, "--target", "host", "--tuning-db", db, "-o", out, check=True)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["verification"]["passed"] is True
+    faster = sum(1 for t in s["tasks"] if t["best_ms"] is not None and (t["default_ms"] is None or t["best_ms"] < t["default_ms"]))
+    assert m["tuning"]["records_applied"] == faster

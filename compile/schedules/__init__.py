@@ -15,14 +15,15 @@ from .config import CpuConfig, cpu_config
 
 ATTR = "autoglm.schedule"
 
-__all__ = ["ATTR", "CpuConfig", "ScheduleKernels", "cpu_config", "schedule_func", "schedule_names", "schedule_passes"]
+__all__ = ["ATTR", "CpuConfig", "ScheduleKernels", "cpu_config", "schedule_func", "schedule_names", "schedule_passes",
+           "schedule_variants"]
 
 
-def schedule_func(func, cfg: CpuConfig, tvm_target):
-    """The scheduled PrimFunc and its rule name, or (None, None) when no rule applies."""
+def _apply_rules(func, cfg: CpuConfig, tvm_target):
+    """(schedule, rule name) of the first rule that applies to `func`, or None."""
     from . import rules
-
     from .int8 import conv2d_nchwc_int8, dense_int8, pack_int8, row_sums_int8
+    from .knobs import active
     from .nchwc import conv2d_nchwc
     from .winograd import conv2d_winograd
 
@@ -39,17 +40,36 @@ def schedule_func(func, cfg: CpuConfig, tvm_target):
         lambda f: rules.reduction(f, cfg, tvm_target),
         lambda f: rules.elementwise(f, cfg),
     )
+    knobs = active()
     for attempt in attempts:
+        asked = len(knobs.seen) if knobs is not None else 0
         try:
             result = attempt(func)
         except Exception:  # noqa: BLE001 - a rule that fails to apply leaves the kernel to the next one
             result = None
         if result is None:
+            if knobs is not None:
+                del knobs.seen[asked:]  # the knobs of a rule that did not apply are not this kernel's
             continue
         sch, kind = result
-        new = sch.mod["main"]
-        return new, f"{kind}-{cfg.isa}"
-    return None, None
+        return sch, f"{kind}-{cfg.isa}"
+    return None
+
+
+def schedule_func(func, cfg: CpuConfig, tvm_target):
+    """The scheduled PrimFunc and its rule name, or (None, None) when no rule applies."""
+    result = _apply_rules(func, cfg, tvm_target)
+    if result is None:
+        return None, None
+    sch, name = result
+    return sch.mod["main"], name
+
+
+def schedule_variants(func, cfg: CpuConfig, tvm_target, limit: int = 24):
+    """The default schedule of `func` and up to `limit - 1` alternatives from its rule's knobs (see knobs.py)."""
+    from .knobs import enumerate_variants
+
+    return enumerate_variants(lambda: _apply_rules(func, cfg, tvm_target), limit)
 
 
 def ScheduleKernels(target: Target):  # noqa: N802 - a pass constructor, named like TVM's

@@ -26,6 +26,7 @@ as well: the run-time packing (`pack_int8`) and the zero-point row sums (`row_su
 from __future__ import annotations
 
 from .config import TILE_SCOPE, CpuConfig
+from .knobs import pick
 
 MAIN_BLOCK = "conv2d_nchwc_int8"
 WIDE_BLOCK = "conv2d_nchwc_int8_wide"
@@ -170,20 +171,20 @@ def conv2d_nchwc_int8(func, cfg: CpuConfig):
 
     n_l, f_l, y_l, x_l, v_l, icb, ry, rx, ic4, k_l = sch.get_loops(main)
     F, X = ext[1], ext[3]
-    best = None
+    scored = []
     for nf in _divisors_le(F, 4):
         # accumulators + the weight vectors + the broadcast input word and the dot's temporaries
         cap = min(X, 8, min(budget, cfg.vector_regs - nf - 4) // nf)
         for nx in _divisors_le(X, max(1, cap)):
             acc = nf * nx
-            score = acc / (nf + nx) + 0.001 * acc
-            if best is None or score > best[0]:
-                best = (score, nf, nx)
-    _, nf, nx = best
+            scored.append((acc / (nf + nx) + 0.001 * acc, nf, nx))
+    ranked = [(nf, nx) for _, nf, nx in sorted(scored, key=lambda t: -t[0])]
+    nf, nx = pick("conv.tile", ranked[:8], ranked[0])
     fo, fi = sch.split(f_l, factors=[None, nf])
     po, pi = sch.split(x_l, factors=[None, nx])
     w_bytes = F * lanes * ext[5] * ext[6] * ext[7] * ext[8] * ext[9]
-    outer = [n_l, y_l, po, fo] if w_bytes <= cfg.l2_bytes // 2 else [n_l, fo, y_l, po]
+    weights_inner = pick("conv.weights_inner", [True, False], w_bytes <= cfg.l2_bytes // 2)
+    outer = [n_l, y_l, po, fo] if weights_inner else [n_l, fo, y_l, po]
     # tensorized: the [lanes] x [4] step is the intrinsic; else the 4 products unrolled over lane vectors
     inner = [v_l, k_l] if intrin is not None else [k_l, v_l]
     sch.reorder(*outer, icb, ry, rx, ic4, fi, pi, *inner)

@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import TILE_SCOPE, CpuConfig
+from .knobs import pick
 
 
 def _ir():
@@ -564,19 +565,18 @@ def matmul_packed(func, cfg: CpuConfig):
     lanes = next((ln for ln in (cfg.lanes(bits), cfg.lanes(bits) // 2) if ln >= 4 and N is not None and N % ln == 0), 0)
     if lanes < 2 or M is None or K is None:
         return None
-    best = None
+    scored = []
     for nv in _divisors_le(N // lanes, 4):
         for mr in _divisors_le(M, 8):
             acc = mr * nv
             # accumulators + the nv panel vectors + a broadcast must fit the register file
             if acc > cfg.accumulators or acc + nv + 2 > cfg.vector_regs:
                 continue
-            score = acc / (mr + nv) + 0.001 * acc
-            if best is None or score > best[0]:
-                best = (score, mr, nv)
-    if best is None:
+            scored.append((acc / (mr + nv) + 0.001 * acc, mr, nv))
+    if not scored:
         return None
-    _, mr, nv = best
+    ranked = [(mr, nv) for _, mr, nv in sorted(scored, key=lambda t: -t[0])]
+    mr, nv = pick("matmul.tile", ranked[:8], ranked[0])
     vn = nv * lanes
 
     wblk = sch.cache_read(main, _read_index(sch, main, weight), "global")
