@@ -441,6 +441,9 @@ class _Converter:
         k = [int(o.FilterHeight()), int(o.FilterWidth())]
         strides = [int(o.StrideH()), int(o.StrideW())]
         pads = self.same_pads([h, w_], k, strides, [1, 1], o.Padding())
+        if x_idx in self.folded_pads:   # max pool only (see _conv_padding)
+            x_idx, more = self.folded_pads[x_idx]
+            pads = [p + e for p, e in zip(pads, more)]
         extra = {"count_include_pad": 0} if kind == "AveragePool" else {}
         out = int(op.Outputs(0))
         if kind == "AveragePool" and self.raw_domain(x_idx, out) and o.FusedActivationFunction() == 0:
@@ -537,7 +540,12 @@ class _Converter:
     def _conv_padding(self, op, pads: np.ndarray) -> list[int] | None:
         """[top, left, bottom, right] when this PAD only pads H and W with zeros (the zero point) for convs with
         VALID padding (how litert-torch writes a torch conv's padding): those convs then pad themselves, in
-        place, and the graph keeps no Pad between two convs (one would stop the blocked layout there)."""
+        place, and the graph keeps no Pad between two convs (one would stop the blocked layout there).
+
+        A VALID max pool may read the PAD too (litert-torch's form of a torch max pool's padding) when no value
+        of the tensor is below the padded zero, i.e. its zero point is the type's minimum (a ReLU's output): a
+        zero in a window then never exceeds the window's real maximum, so the pool's own padding (which
+        never wins) computes the same. Kept as a Pad, it ran in float between two layout transforms."""
         import tflite
 
         x, out = int(op.Inputs(0)), int(op.Outputs(0))
@@ -548,6 +556,10 @@ class _Converter:
         readers = self.readers.get(out, [])
         for reader, pos in readers:
             name = self.op_names.get(_builtin_code(self.model, reader), "")
+            if name == "MAX_POOL_2D" and pos == 0 and self._never_below_zero(x):
+                if self.options(reader, "Pool2DOptions").Padding() != tflite.Padding.VALID:
+                    return None
+                continue
             if name not in ("CONV_2D", "DEPTHWISE_CONV_2D") or pos != 0:
                 return None
             o = self.options(reader, "DepthwiseConv2DOptions" if name == "DEPTHWISE_CONV_2D" else "Conv2DOptions")
@@ -556,6 +568,14 @@ class _Converter:
         if not readers:
             return None
         return [int(pads[1, 0]), int(pads[2, 0]), int(pads[1, 1]), int(pads[2, 1])]
+
+    def _never_below_zero(self, idx: int) -> bool:
+        """Every value tensor `idx` can hold is >= 0: 8-bit, per-tensor, zero point at the type's minimum."""
+        if not self.quantized(idx):
+            return False
+        q = self.quant(idx)
+        lowest = {"int8": -128, "uint8": 0}.get(self.dtype(idx))
+        return q.per_tensor and lowest is not None and int(q.zero_point[0]) == lowest
 
     def pad(self, op) -> None:
         x = int(op.Inputs(0))

@@ -242,3 +242,52 @@ def test_x86_runs_int8_activations_on_its_u8_dot_product(int8_io, target_name, i
     lib = tvm.tirx.build(tvm.IRModule({"main": mod[convs[0]].with_attr("global_symbol", "main")}),
                          target=tvm.target.Target(target.tvm))
     assert re.search(instr, lib.inspect_source("asm"))
+
+
+def _pad_then_max_pool(path: Path, relu: bool) -> Path:
+    """conv (+ReLU) -> PAD 1 -> MAX_POOL_2D 3x3/2 VALID -> conv (litert-torch's form of a padded torch max pool),
+    quantized to full integer (int8 I/O) by LiteRT's quantizer."""
+    from corpus.generated import _TfliteWriter
+
+    rng = np.random.default_rng(3)
+    w = _TfliteWriter()
+    s = w.s
+    x = w.tensor([1, 16, 16, 4])
+    c1 = w.tensor([1, 16, 16, 8])
+    w.op("CONV_2D", [x, w.const(rng.standard_normal((8, 3, 3, 4)).astype(np.float32) * 0.3),
+                     w.const(rng.standard_normal(8).astype(np.float32) * 0.1)], [c1], "Conv2DOptions",
+         padding=s.Padding.SAME, strideH=1, strideW=1, dilationHFactor=1, dilationWFactor=1,
+         fusedActivationFunction=s.ActivationFunctionType.RELU if relu else s.ActivationFunctionType.NONE)
+    padded = w.tensor([1, 18, 18, 8])
+    w.op("PAD", [c1, w.const(np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.int32), "int32")], [padded], "PadOptions")
+    pooled = w.tensor([1, 8, 8, 8])
+    w.op("MAX_POOL_2D", [padded], [pooled], "Pool2DOptions", padding=s.Padding.VALID, strideW=2, strideH=2,
+         filterWidth=3, filterHeight=3)
+    y = w.tensor([1, 8, 8, 8])
+    w.op("CONV_2D", [pooled, w.const(rng.standard_normal((8, 1, 1, 8)).astype(np.float32) * 0.3),
+                     w.const(np.zeros(8, np.float32))], [y], "Conv2DOptions", padding=s.Padding.VALID, strideH=1,
+         strideW=1, dilationHFactor=1, dilationWFactor=1)
+    float_model = w.finish([x], [y])
+    samples = [[rng.standard_normal((1, 16, 16, 4)).astype(np.float32)] for _ in range(8)]
+    path.write_bytes(quantize_tflite(float_model, samples, "int8"))
+    return path
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_a_pad_in_front_of_a_max_pool_folds_only_where_it_cannot_win(tmp_path, relu):
+    """After a ReLU (zero point at -128) the PAD's zeros never exceed a window's maximum: the max pool pads
+    itself and no float Pad remains; without the ReLU the PAD stays. Both match LiteRT."""
+    import onnx
+
+    model = _pad_then_max_pool(tmp_path / "m.tflite", relu)
+    out = tmp_path / "art"
+    run_cli("compile", model, "-o", out, check=True)
+    m = _manifest(out)
+    assert m["verification"]["passed"] and m["verification"]["litert_operators"]["passed"], m["verification"]
+    nodes = onnx.load(str(out / "prepared.onnx")).graph.node
+    pools = [n for n in nodes if n.op_type == "MaxPool"]
+    pads = {a.name: list(a.ints) for a in pools[0].attribute}["pads"]
+    if relu:
+        assert not any(n.op_type == "Pad" for n in nodes) and pads == [1, 1, 1, 1]
+    else:
+        assert any(n.op_type == "Pad" for n in nodes) and pads == [0, 0, 0, 0]
