@@ -87,11 +87,12 @@ def conv2d_nchwc(func, cfg: CpuConfig):
             # partial tiles only for 1x1 convs: in a kxk window the predicate sits on every tap
             for nx in range(1, cap + 1) if pointwise else _divisors_le(X, cap):
                 acc = nf * nx
-                # a row that does not divide by nx runs a partial last tile (predicated), which costs far more
-                # than its idle lanes: tuning (AVX-512, MobileNetV2) measured 4x4 tiles on 7-pixel rows 1.3-2.1x
-                # slower than 2x7, hence the cube
-                useful = X / (-(-X // nx) * nx)
-                scored.append(((acc / (nf + nx) + 0.001 * acc) * useful ** 3, nf, nx))
+                # a row that does not divide by nx runs a partial last tile (predicated): count its waste. On
+                # AVX-512 it costs far more than its idle lanes (tuning MobileNetV2 measured 4x4 tiles on 7-pixel
+                # rows 1.3-2.1x slower than 2x7), hence the cube there; on AVX2 (12 accumulators: no 2x7 tile)
+                # the cube made MobileNetV2 1% slower, so it stays linear, as on NEON (not measured)
+                useful = (X / (-(-X // nx) * nx)) ** (3 if cfg.isa == "x86-avx512" else 1)
+                scored.append(((acc / (nf + nx) + 0.001 * acc) * useful, nf, nx))
         if not scored:
             return None
         ranked = [(nf, nx) for _, nf, nx in sorted(scored, key=lambda t: -t[0])]
