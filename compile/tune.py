@@ -215,27 +215,34 @@ class Progress:
 
 
 def _light_tensor_intrin(target: Target) -> None:
-    """Register only the CPU tensor intrinsics MetaSchedule may need for `target`.
+    """Register only the CPU tensor intrinsics MetaSchedule may need for `target` (see light_tensor_intrin)."""
+    if target.device == "cpu":
+        light_tensor_intrin(("x86" if target.arch == "x86_64" else "arm_cpu",))
+
+
+def light_tensor_intrin(families: tuple[str, ...] = ("x86", "arm_cpu")) -> None:
+    """Register TVM's CPU tensor intrinsics of `families` without TVM's CUDA ones.
 
     `TuneContext` imports `tvm.s_tir.tensor_intrin`, whose CUDA part takes ~40 s to import on a
-    small CPU. For CPU targets a stand-in package that imports only the intrinsics of the
-    target's architecture does the same job in a fraction of that.
+    small CPU. For CPU targets a stand-in package that imports only the CPU intrinsics does the same
+    job in a fraction of that. A tuning record names the intrinsics its trace tensorizes with, and
+    TVM cannot parse it while they are unregistered, so `compile --tuning-db` needs them too.
     """
     name = "tvm.s_tir.tensor_intrin"
-    if name in sys.modules or target.device != "cpu":
-        return
-    import tvm.s_tir
+    if name not in sys.modules:
+        import tvm.s_tir
 
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return
-    pkg = types.ModuleType(name)
-    pkg.__path__ = list(spec.submodule_search_locations)
-    pkg.__file__ = spec.origin
-    pkg.__package__ = name
-    sys.modules[name] = pkg
-    tvm.s_tir.tensor_intrin = pkg
-    importlib.import_module(f"{name}.{'x86' if target.arch == 'x86_64' else 'arm_cpu'}")
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            return
+        pkg = types.ModuleType(name)
+        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__file__ = spec.origin
+        pkg.__package__ = name
+        sys.modules[name] = pkg
+        tvm.s_tir.tensor_intrin = pkg
+    for family in families:
+        importlib.import_module(f"{name}.{family}")
 
 
 def fused_module(mod, target: Target):

@@ -295,6 +295,12 @@ def _json_database(work_dir: str | Path, db_dir: Path, *, allow_missing: bool):
     """MetaSchedule's JSONDatabase over `work_dir`; a line TVM cannot parse is a TuningError naming `db_dir`."""
     from tvm.s_tir import meta_schedule as ms
 
+    from .schedules.int8 import register_dot_intrinsics
+    from .tune import light_tensor_intrin
+
+    # records of tensorized kernels name the intrinsics they use: TVM's CPU ones and the toolkit's own
+    light_tensor_intrin()
+    register_dot_intrinsics()
     try:
         return ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=allow_missing, module_equality="structural")
     except Exception as exc:  # TVM raises its own error types for every kind of bad line

@@ -291,3 +291,18 @@ def test_a_pad_in_front_of_a_max_pool_folds_only_where_it_cannot_win(tmp_path, r
         assert not any(n.op_type == "Pad" for n in nodes) and pads == [1, 1, 1, 1]
     else:
         assert any(n.op_type == "Pad" for n in nodes) and pads == [0, 0, 0, 0]
+
+
+def test_integer_kernels_tune_and_their_records_apply(int8_io, tmp_path):
+    """`autoglm tune` on a full-integer model stores records of tensorized 8-bit kernels (their traces name the
+    toolkit's dot-product intrinsics and TVM's), and `compile --tuning-db` parses and applies them."""
+    db = tmp_path / "db"
+    tuned = json.loads(run_cli("tune", int8_io, "--target", "host", "--trials", "6", "--batch", "3", "--db", db,
+                               "--json", "--quiet", check=True).stdout)
+    assert any("int8" in (t["default_rule"] or "") and t["records"] >= 1 for t in tuned["tasks"]), tuned["tasks"]
+    out = tmp_path / "art"
+    run_cli("compile", int8_io, "--tuning-db", db, "-o", out, check=True)
+    m = _manifest(out)
+    assert m["verification"]["passed"] and m["precision"]["mode"] == "int8"
+    faster = sum(1 for t in tuned["tasks"] if t["best_ms"] is not None and (t["default_ms"] is None or t["best_ms"] < t["default_ms"]))
+    assert m["tuning"]["records_applied"] == faster

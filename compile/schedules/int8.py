@@ -122,6 +122,18 @@ def _register(dot: str, lanes: int, a_dtype: str) -> str | None:
     return intrin
 
 
+# every (dot product, lanes, activation dtype) that dot_intrinsic can hand out
+_ALL_DOTS = (("vnni", 8, "uint8"), ("vnni", 16, "uint8"), ("avx2", 8, "uint8"), ("avx512bw", 16, "uint8"),
+             ("sdot", 4, "int8"))
+
+
+def register_dot_intrinsics() -> None:
+    """Register all of the toolkit's 8-bit dot-product intrinsics: a tuning record of an integer kernel names
+    one in its trace, and TVM refuses to parse the record while the name is unknown."""
+    for dot, lanes, a_dtype in _ALL_DOTS:
+        _register(dot, lanes, a_dtype)
+
+
 def dot_intrinsic(cfg: CpuConfig, lanes: int, a_dtype: str, wide: bool) -> str | None:
     """The tensor intrinsic for one 8-bit conv on `cfg`, or None to leave it to LLVM's vectoriser."""
     dot = cfg.int8_dot
