@@ -75,6 +75,17 @@ class Transcendentals(nn.Module):
         return torch.softmax(nn.functional.gelu(x) + torch.tanh(x) + torch.exp(-x * x), dim=-1)
 
 
+class LayerNormSoftmax(nn.Module):
+    """A layer norm over 64 features, then a softmax over them: two row reductions of whole vectors."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(64)
+
+    def forward(self, x):
+        return torch.softmax(self.norm(x) * 4.0, dim=-1)
+
+
 class Pools(nn.Module):
     def forward(self, x):
         return nn.functional.max_pool2d(x, 3, 2, 1) + nn.functional.avg_pool2d(x, 2, 2)
@@ -100,7 +111,10 @@ OPS = {
     "gemv-40": (lambda: Linear(64, 40), (1, 64), {"matmul"}),
     "batch-matmul": (lambda: BatchMatmul(), (2, 16, 12), {"matmul", "reduction"}),
     "pools": (lambda: Pools(), (1, 8, 16, 16), {"pool"}),
-    "transcendentals": (lambda: Transcendentals(), (4, 96), {"reduction", "elementwise"}),
+    "transcendentals": (lambda: Transcendentals(), (4, 96), {"row-reduction", "elementwise"}),
+    "layernorm-softmax": (lambda: LayerNormSoftmax(), (2, 24, 64), {"row-reduction"}),
+    # rows of 18: not whole vectors at any width
+    "softmax-18": (lambda: nn.Softmax(dim=-1), (6, 18), {"reduction"}),
 }
 
 
@@ -203,6 +217,37 @@ def test_dense_weights_prepacked_into_panels(op_models, target_name):
         assert [k for k in gemv if k.endswith("_prepacked")], gemv
 
 
+def _scheduled_module(onnx_path: Path, target):
+    import tvm
+
+    from compile.build import cpu_front_passes
+
+    model = load_model(onnx_path)
+    with tvm.target.Target(target.tvm) as tt:
+        return tvm.transform.Sequential(cpu_front_passes(tt) + schedule_passes(target))(model.mod)
+
+
+@pytest.mark.parametrize("target_name", [*X86_ISAS, "rpi4"])
+def test_row_reductions_keep_partial_results_in_vectors(op_models, target_name):
+    """Layer norm and softmax rows reduce into one vector of partial sums/maxima (rfactor), not lane by lane;
+    a row that is not whole vectors (18 wide) keeps TVM's reduction rule."""
+    from tvm import relax
+
+    target = targets.load_target(target_name)
+    cfg = cpu_config(target)
+    mod = _scheduled_module(op_models["layernorm-softmax"], target)
+    rows = {gv.name_hint: f.script() for gv, f in mod.functions_items()
+            if not isinstance(f, relax.Function) and ("layer_norm" in gv.name_hint or "softmax" in gv.name_hint)}
+    assert len(rows) == 2, list(rows)
+    names = schedule_names(mod)
+    lanes = cfg.lanes(32)
+    for name, tir in rows.items():
+        assert names[name] == f"row-reduction-{cfg.isa}", names
+        # each factored reduction: its partial results written by a vectorised loop over the lanes
+        assert tir.count("_rf") >= 2 and f"T.vectorized(T.int64({lanes}))" in tir, tir
+    assert set(_schedule_only(op_models["softmax-18"], target).values()) == {f"reduction-{cfg.isa}"}
+
+
 @pytest.mark.parametrize("target_name", list(X86_ISAS))
 def test_x86_isa_built_and_inspected(op_models, target_name, tmp_path):
     """Each x86 ISA's schedules build, use that ISA's vector registers, and run (and verify) where the CPU has it."""
@@ -282,7 +327,7 @@ def test_schedules_compile_for_arm(arch, op_models, convnet_onnx, tmp_path):
         pytest.skip(f"{compiler} not found: apt-get install {package}")
     target = targets.load_target(target_name)
     for name in ("conv3x3-stride2-odd", "depthwise3x3-stride2-even", "depthwise7x7-stride2", "pointwise-residual",
-                 "batch-matmul", "pools"):
+                 "batch-matmul", "pools", "layernorm-softmax"):
         names = _schedule_only(op_models[name], target)
         assert any(v and v.endswith(isa) for v in names.values()), names
         assert not [k for k, v in names.items() if v is None and _is_compute_kernel(k)], names
@@ -308,7 +353,8 @@ def test_scheduled_aarch64_model_runs_under_qemu(op_models, convnet_onnx, tmp_pa
         pytest.skip(f"the aarch64 C++ runtime could not be built here: {exc}")
     target = targets.load_target("rpi4")
     rng = np.random.default_rng(5)
-    for model in (convnet_onnx, op_models["batch-matmul"], op_models["depthwise5x5-hswish"]):
+    models = [convnet_onnx] + [op_models[n] for n in ("batch-matmul", "depthwise5x5-hswish", "layernorm-softmax")]
+    for model in models:
         art = compile_model(model, target, tmp_path / model.stem, verify=False).artifact
         sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         inp = sess.get_inputs()[0]

@@ -37,6 +37,7 @@ def _apply_rules(func, cfg: CpuConfig, tvm_target):
         lambda f: rules.conv2d_packed(f, cfg),
         lambda f: rules.matmul_packed(f, cfg),
         lambda f: rules.tiled_reduction(f, cfg),
+        lambda f: rules.row_reduction(f, cfg),
         lambda f: rules.reduction(f, cfg, tvm_target),
         lambda f: rules.elementwise(f, cfg),
     )
