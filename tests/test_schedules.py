@@ -248,6 +248,19 @@ def test_row_reductions_keep_partial_results_in_vectors(op_models, target_name):
     assert set(_schedule_only(op_models["softmax-18"], target).values()) == {f"reduction-{cfg.isa}"}
 
 
+@pytest.mark.parametrize("target_name", [*X86_ISAS, "rpi4"])
+def test_pools_read_their_padding_in_place(op_models, target_name):
+    """A padded max pool reads its input with a bounds check per tap: no padded copy of the input is stored."""
+    from tvm import relax
+
+    target = targets.load_target(target_name)
+    mod = _scheduled_module(op_models["pools"], target)
+    pools = {gv.name_hint: f.script() for gv, f in mod.functions_items()
+             if not isinstance(f, relax.Function) and "max_pool" in gv.name_hint}
+    assert pools and all(schedule_names(mod)[k].startswith("pool-") for k in pools), schedule_names(mod)
+    assert not any("pad_temp = T.sblock_alloc_buffer" in tir for tir in pools.values()), pools
+
+
 @pytest.mark.parametrize("target_name", list(X86_ISAS))
 def test_x86_isa_built_and_inspected(op_models, target_name, tmp_path):
     """Each x86 ISA's schedules build, use that ISA's vector registers, and run (and verify) where the CPU has it."""

@@ -640,6 +640,16 @@ def tiled_reduction(func, cfg: CpuConfig):
     prologue_left, epilogue, out_buf, is_output = prep.prologue, list(prep.epilogue), prep.out_buf, prep.is_output
     if is_output:
         epilogue = [sch.cache_write(main, 0, TILE_SCOPE)]
+    if info.kind == "pool":
+        # A pool reads each input once per window tap: its padding is read in place (a bounds check per tap)
+        # instead of a padded copy of the whole input (ResNet18's uint8 max pool: 181 -> 24 us).
+        for blk in list(prologue_left):
+            try:
+                sch.compute_inline(blk)
+                prologue_left.remove(blk)
+            except Exception:  # noqa: BLE001 - a stage that cannot inline stays separate
+                pass
+        prep.prologue = prologue_left
     _deinterleave_stride2(sch, prep)
 
     bits = out_buf.dtype.bits
