@@ -176,6 +176,39 @@ def test_fit_budget_meets_the_predicted_budget():
     assert kept == tiny and not none
 
 
+
+def test_budget_check_grows_a_net_far_under_budget_and_never_keeps_one_over_it():
+    """The re-measure loop after a search (toolkit.search.run.remeasure_to_budget), against a device that
+    measures 15% under the model: the net is grown until it measures within 5% under the budget. A device whose
+    measurements keep rising makes the last round overshoot: the net measured within budget is kept."""
+    from toolkit.search.run import MAX_REMEASURE, remeasure_to_budget
+
+    model, _ = _synthetic_model(3)
+    net = SuperNet(16, 1, 10)
+    tiny = space.validate({"space": space.SPACE_NAME, "resolution": 16, "in_channels": 1, "classes": 10,
+                           "stages": [{"width": min(w), "blocks": [{"op": "mbconv", "kernel": 3, "expand": 1}] + [{"op": "skip"}] * 2}
+                                      for w, _ in space.STAGES]})
+    budget = 3 * model.predict(tiny)
+
+    def refit(a, b):
+        return fit_budget(a, net, model, b, max_skips=3)
+
+    said: list[str] = []
+    arch, rounds = remeasure_to_budget(tiny, lambda a: 0.85 * model.predict(a), model.predict, refit, budget,
+                                       space.describe, said.append)
+    assert len(rounds) >= 2 and rounds[0]["architecture"] == tiny and arch != tiny
+    assert 0.95 * budget <= rounds[-1]["measured_ms"] <= budget and rounds[-1]["architecture"] == arch
+    assert any("under budget, grow" in line for line in said)
+
+    factors = iter([1.0, 1.5, 3.0])
+    arch, rounds = remeasure_to_budget(tiny, lambda a: next(factors) * model.predict(a), model.predict, refit, budget,
+                                       space.describe, said.append)
+    assert len(rounds) == MAX_REMEASURE + 1 and rounds[MAX_REMEASURE - 1]["measured_ms"] > budget
+    assert arch == tiny and rounds[-1]["kept"] and rounds[-1]["measured_ms"] <= budget
+    # without a budget: measured once, kept as it is
+    arch, rounds = remeasure_to_budget(tiny, model.predict, model.predict, refit, None, space.describe, said.append)
+    assert arch == tiny and len(rounds) == 1
+
 # ---- tiny-transformer: the same search machinery on the second space -------------------------------------
 
 def _synthetic_transformer_model(seed: int = 0) -> latency.LatencyModel:

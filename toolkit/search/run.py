@@ -24,6 +24,7 @@ from .train import TrainConfig, train
 
 Progress = Callable[[str], None]
 MAX_REMEASURE = 3
+BUDGET_TOLERANCE = 0.05  # a net measured further under its budget than this is grown into it
 
 
 @dataclass
@@ -55,6 +56,39 @@ def default_resolution(data: Dataset, space_name: str = "mobile-cnn") -> int:
     """The input size a dataset is searched at: its own resolution (or the next the space has), or its sequence length."""
     return spaces.get(space_name).default_size(data)
 
+
+
+def remeasure_to_budget(arch: dict[str, Any], measure: Callable[[dict[str, Any]], float],
+                        predict: Callable[[dict[str, Any]], float],
+                        refit: Callable[[dict[str, Any], float], tuple[dict[str, Any], list[str]]],
+                        budget_ms: float | None, describe: Callable[[dict[str, Any]], str],
+                        say: Progress) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Measure the searched net on the device and refit it until it measures within BUDGET_TOLERANCE under the
+    budget (at most MAX_REMEASURE measurements): over budget it shrinks, far under it grows, each time to the
+    budget scaled by the model's error on this net. Never returns a net measured over budget when one measured
+    within it. Returns (architecture, the rounds: architecture, predicted_ms, measured_ms)."""
+    rounds: list[dict[str, Any]] = []
+    for i in range(MAX_REMEASURE):
+        pred, measured = predict(arch), measure(arch)
+        rounds.append({"architecture": arch, "predicted_ms": pred, "measured_ms": measured})
+        say(f"budget check: {describe(arch)}: predicted {pred:.3f} ms, measured {measured:.3f} ms")
+        if budget_ms is None or (1 - BUDGET_TOLERANCE) * budget_ms <= measured <= budget_ms or i == MAX_REMEASURE - 1:
+            break
+        refitted, moves = refit(arch, budget_ms * pred / measured)
+        if refitted == arch:
+            break
+        word = "over budget, shrink" if measured > budget_ms else f"more than {100 * BUDGET_TOLERANCE:g}% under budget, grow"
+        for mv in moves:
+            say(f"budget check: {word}: {mv}")
+        arch = refitted
+    within = [r for r in rounds if budget_ms is not None and r["measured_ms"] <= budget_ms]
+    if within and rounds[-1]["measured_ms"] > budget_ms:  # type: ignore[operator]
+        # growing overshot and no round is left to shrink again: the largest net measured within budget
+        best = max(within, key=lambda r: r["measured_ms"])
+        rounds.append({**best, "kept": "the largest net measured within budget"})
+        arch = best["architecture"]
+        say(f"budget check: keeping {describe(arch)}, measured {best['measured_ms']:.3f} ms, within budget")
+    return arch, rounds
 
 def parse_budget(text: str | None) -> float | None:
     """'2ms', '1.5 ms', '800us' -> milliseconds."""
@@ -188,17 +222,10 @@ def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict
             return fit_budget(a, result.supernet, model, budget, cfg.max_skips)
     # re-measure what the search returns: the latency model is a model; the budget is about the device
     store = latency.MeasurementStore(latency.model_dir(device, space.SPACE_NAME)[0], space.SPACE_NAME)
-    rounds = []
-    for i in range(MAX_REMEASURE):
-        rec = latency.measure_all([arch], device, store, say, "budget check")[0]
-        pred = model.predict(arch)
-        rounds.append({"architecture": arch, "predicted_ms": pred, "measured_ms": rec["latency_ms"]})
-        say(f"budget check: {space.describe(arch)}: predicted {pred:.3f} ms, measured {rec['latency_ms']:.3f} ms")
-        if opts.budget_ms is None or rec["latency_ms"] <= opts.budget_ms or i == MAX_REMEASURE - 1:
-            break
-        arch, moves = refit(arch, opts.budget_ms * pred / rec["latency_ms"])
-        for mv in moves:
-            say(f"budget check: over budget, shrink: {mv}")
+    def measure(a: dict[str, Any]) -> float:
+        return latency.measure_all([a], device, store, say, "budget check")[0]["latency_ms"]
+
+    arch, rounds = remeasure_to_budget(arch, measure, model.predict, refit, opts.budget_ms, space.describe, say)
     _save_json(out / "architecture.json", arch)
     say(f"retrain: {space.describe(arch)} from scratch" + (", distilled from the supernet" if teacher else ""))
     tcfg = replace(opts.train, seed=opts.seed, kd_alpha=opts.train.kd_alpha if teacher else 0.0)
