@@ -77,7 +77,7 @@ def remeasure_to_budget(arch: dict[str, Any], measure: Callable[[dict[str, Any]]
         refitted, moves = refit(arch, budget_ms * pred / measured)
         if refitted == arch:
             break
-        word = "over budget, shrink" if measured > budget_ms else f"more than {100 * BUDGET_TOLERANCE:g}% under budget, grow"
+        word = "over budget, shrink" if measured > budget_ms else f"more than {100 * BUDGET_TOLERANCE:g}% under budget"
         for mv in moves:
             say(f"budget check: {word}: {mv}")
         arch = refitted
