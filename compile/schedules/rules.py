@@ -401,13 +401,14 @@ def _unroll_window(sch, red_loops) -> None:
             sch.unroll(red_loops[-2])
 
 
-def epilogue_per_tile(sch, epilogue: list, at) -> None:
+def epilogue_per_tile(sch, epilogue: list, at, unroll_outer: bool = True) -> None:
     """Each epilogue stage computed under loop `at` (one register tile), its loops unrolled but the
-    innermost, which is vectorized: the fused ops run on the tile in registers before its one store."""
+    innermost, which is vectorized: the fused ops run on the tile in registers before its one store.
+    `unroll_outer=False` unrolls only the loop next to the vector one (the tile's pixels)."""
     for blk in epilogue:
         sch.reverse_compute_at(blk, at, preserve_unit_loops=True)
         eloops = sch.get_loops(blk)[1:]
-        for lp in eloops[:-1]:
+        for lp in (eloops[:-1] if unroll_outer else eloops[-2:-1]):
             sch.unroll(lp)
         if eloops:
             sch.vectorize(eloops[-1])
