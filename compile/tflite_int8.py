@@ -422,9 +422,11 @@ class _Converter:
         x_idx, w_idx = int(op.Inputs(0)), int(op.Inputs(1))
         b_idx = int(op.Inputs(2)) if op.InputsLength() > 2 else -1
         out_f, in_f = self.shape(w_idx)
-        x = self.float_value(x_idx, NHWC)
         if self.shape(x_idx)[-1] != in_f or self.rank(x_idx) != 2:
-            x = self.node("Reshape", [x, self.init(np.array([-1, in_f], np.int64), "shape")], "flatten")
+            x = self.float_value_as(x_idx, lambda v: self.node("Reshape", [v, self.init(np.array([-1, in_f], np.int64),
+                                                                                        "shape")], "flatten"))
+        else:
+            x = self.float_value(x_idx, NHWC)
         y = self.node("MatMul", [x, self.weight(w_idx, [1, 0], 1)], "matmul")   # [O, I] -> [I, O]: scales on axis 1
         if b_idx >= 0:
             y = self.node("Add", [y, self.bias(b_idx)], "bias")
@@ -672,6 +674,48 @@ class _Converter:
         a = self.broadcast_operand(alpha, layout, self.rank(x))
         self.write(op.Outputs(0), self.node("PRelu", [self.float_value(x, layout), a], "prelu"), layout)
 
+    def float_value_as(self, idx: int, move: Callable[[str], str]) -> str:
+        """The float value of tensor `idx` (TFLite layout) moved by `move` (a reshape or transpose). A per-tensor
+        quantized tensor is moved as stored, before its dequantize, so that a matmul reading the result still
+        reads a dequantize directly (the form the integer rewrite turns into an 8-bit x 8-bit kernel)."""
+        q = self.quant(idx)
+        if self.quantized(idx) and q.per_tensor:
+            s, z = self.qparams(q, self.dtype(idx))
+            return self.node("DequantizeLinear", [move(self.value(idx, NHWC)), s, z], "dequantize")
+        return move(self.float_value(idx, NHWC))
+
+    def last_two_swapped(self, idx: int) -> str:
+        """The float value of a tensor with its last two axes swapped (a matmul operand's adjoint)."""
+        rank = self.rank(idx)
+        if rank < 2:
+            raise ModelFormatError(f"TFLite BATCH_MATMUL operand {self.tensor(idx).Name().decode(errors='replace')!r} has "
+                                   f"rank {rank}; it needs at least 2")
+        perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+        return self.float_value_as(idx, lambda v: self.node("Transpose", [v], "adjoint", perm=perm))
+
+    def batch_matmul(self, op) -> None:
+        o = self.options(op, "BatchMatMulOptions")
+        a, b = int(op.Inputs(0)), int(op.Inputs(1))
+        x = self.last_two_swapped(a) if o.AdjX() else self.float_value(a, NHWC)
+        y = self.last_two_swapped(b) if o.AdjY() else self.float_value(b, NHWC)
+        self.write(op.Outputs(0), self.node("MatMul", [x, y], "batch_matmul"), NHWC)
+
+    def gather(self, op) -> None:
+        o = self.options(op, "GatherOptions")
+        params, indices, out = int(op.Inputs(0)), int(op.Inputs(1)), int(op.Outputs(0))
+        if int(o.BatchDims()) != 0:
+            raise UnsupportedOperatorError(f"a TFLite GATHER with batch_dims {int(o.BatchDims())} is not supported "
+                                           f"(batch_dims 0 is)")
+        if self.dtype(indices) not in ("int32", "int64"):
+            raise UnsupportedOperatorError(f"a TFLite GATHER with {self.dtype(indices)} indices is not supported "
+                                           f"(int32 or int64 are)")
+        axis = self.axis_in(int(o.Axis()), self.rank(params), NHWC)
+        ids = self.value(indices, NHWC)
+        if self.same_quant(params, out):   # picks stored values: no requantization (TFLite copies the bytes)
+            self.store(out, NHWC, self.node("Gather", [self.value(params, NHWC), ids], "gather", axis=axis))
+        else:
+            self.write(out, self.node("Gather", [self.float_value(params, NHWC), ids], "gather", axis=axis), NHWC)
+
     def convert_op(self, op) -> None:
         name = self.op_names.get(_builtin_code(self.model, op), "?")
         handler = _HANDLERS[name]
@@ -816,6 +860,8 @@ _HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "CONV_2D": lambda c, op: c.conv(op, depthwise=False),
     "DEPTHWISE_CONV_2D": lambda c, op: c.conv(op, depthwise=True),
     "FULLY_CONNECTED": _Converter.fully_connected,
+    "BATCH_MATMUL": _Converter.batch_matmul,
+    "GATHER": _Converter.gather,
     "AVERAGE_POOL_2D": lambda c, op: c.pool(op, "AveragePool"),
     "MAX_POOL_2D": lambda c, op: c.pool(op, "MaxPool"),
     "ADD": lambda c, op: c.binary(op, "Add", "AddOptions"),

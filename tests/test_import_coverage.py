@@ -7,7 +7,6 @@ against onnxruntime / LiteRT.
 
 from __future__ import annotations
 
-import importlib
 import json
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 import targets
 from compile import UnsupportedOperatorError, VMExecutor, compile_model, load_model
 from conftest import assert_nothing_written, assert_user_error, run_cli
+from tflite_flatbuffer import int_vector, offset_vector, tfl, write_tflite
 
 
 @pytest.fixture(scope="module")
@@ -341,105 +341,6 @@ def test_runtime_if_with_a_branch_invalid_for_the_shapes_is_explained(tmp_path):
 # --------------------------------------------------------------------------- TFLite
 
 
-def _tfl(name: str):
-    # `import tflite.Model` yields the class (the package re-exports it); the builder functions live in the module.
-    return importlib.import_module(f"tflite.{name}")
-
-
-def _int_vector(b, start, values, kind: str = "Int32") -> int:
-    start(b, len(values))
-    for v in reversed(values):
-        getattr(b, f"Prepend{kind}")(int(v))
-    return b.EndVector()
-
-
-def _offset_vector(b, start, offsets) -> int:
-    start(b, len(offsets))
-    for o in reversed(offsets):
-        b.PrependUOffsetTRelative(o)
-    return b.EndVector()
-
-
-def write_tflite(path: Path, tensors: list[dict], ops: list[dict], inputs: list[int], outputs: list[int],
-                 buffers: list[bytes]) -> Path:
-    """A one-subgraph TFLite flatbuffer.
-
-    tensors: {name, shape, type, buffer, sparsity?(builder)}; ops: {code | custom, inputs, outputs, options?(builder)};
-    buffers[0] must be empty (TFLite's convention for tensors without data).
-    """
-    import flatbuffers
-
-    Buffer, Tensor, Operator, OperatorCode, SubGraph, Model = (
-        _tfl(n) for n in ("Buffer", "Tensor", "Operator", "OperatorCode", "SubGraph", "Model"))
-    CUSTOM = _tfl("BuiltinOperator").BuiltinOperator.CUSTOM
-    b = flatbuffers.Builder(1024)
-    buffer_offsets = []
-    for data in buffers:
-        vec = b.CreateByteVector(data) if data else None
-        Buffer.BufferStart(b)
-        if vec is not None:
-            Buffer.BufferAddData(b, vec)
-        buffer_offsets.append(Buffer.BufferEnd(b))
-    tensor_offsets = []
-    for t in tensors:
-        name, shape = b.CreateString(t["name"]), _int_vector(b, Tensor.TensorStartShapeVector, t["shape"])
-        sparsity = t["sparsity"](b) if t.get("sparsity") else None
-        Tensor.TensorStart(b)
-        Tensor.TensorAddShape(b, shape)
-        Tensor.TensorAddType(b, t["type"])
-        Tensor.TensorAddBuffer(b, t["buffer"])
-        Tensor.TensorAddName(b, name)
-        if sparsity is not None:
-            Tensor.TensorAddSparsity(b, sparsity)
-        tensor_offsets.append(Tensor.TensorEnd(b))
-    keys = list(dict.fromkeys(op.get("custom") or op["code"] for op in ops))
-    code_offsets = []
-    for key in keys:
-        custom = b.CreateString(key) if isinstance(key, str) else None
-        code = CUSTOM if custom is not None else key
-        OperatorCode.OperatorCodeStart(b)
-        OperatorCode.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
-        OperatorCode.OperatorCodeAddBuiltinCode(b, code)
-        OperatorCode.OperatorCodeAddVersion(b, 1)
-        if custom is not None:
-            OperatorCode.OperatorCodeAddCustomCode(b, custom)
-        code_offsets.append(OperatorCode.OperatorCodeEnd(b))
-    op_offsets = []
-    for op in ops:
-        ins = _int_vector(b, Operator.OperatorStartInputsVector, op["inputs"])
-        outs = _int_vector(b, Operator.OperatorStartOutputsVector, op["outputs"])
-        options = op["options"](b) if op.get("options") else None
-        Operator.OperatorStart(b)
-        Operator.OperatorAddOpcodeIndex(b, keys.index(op.get("custom") or op["code"]))
-        Operator.OperatorAddInputs(b, ins)
-        Operator.OperatorAddOutputs(b, outs)
-        if options is not None:
-            Operator.OperatorAddBuiltinOptionsType(b, options[0])
-            Operator.OperatorAddBuiltinOptions(b, options[1])
-        op_offsets.append(Operator.OperatorEnd(b))
-    sg_tensors = _offset_vector(b, SubGraph.SubGraphStartTensorsVector, tensor_offsets)
-    sg_ops = _offset_vector(b, SubGraph.SubGraphStartOperatorsVector, op_offsets)
-    sg_in = _int_vector(b, SubGraph.SubGraphStartInputsVector, inputs)
-    sg_out = _int_vector(b, SubGraph.SubGraphStartOutputsVector, outputs)
-    SubGraph.SubGraphStart(b)
-    SubGraph.SubGraphAddTensors(b, sg_tensors)
-    SubGraph.SubGraphAddInputs(b, sg_in)
-    SubGraph.SubGraphAddOutputs(b, sg_out)
-    SubGraph.SubGraphAddOperators(b, sg_ops)
-    subgraph = SubGraph.SubGraphEnd(b)
-    m_subgraphs = _offset_vector(b, Model.ModelStartSubgraphsVector, [subgraph])
-    m_codes = _offset_vector(b, Model.ModelStartOperatorCodesVector, code_offsets)
-    m_buffers = _offset_vector(b, Model.ModelStartBuffersVector, buffer_offsets)
-    Model.ModelStart(b)
-    Model.ModelAddVersion(b, 3)
-    Model.ModelAddOperatorCodes(b, m_codes)
-    Model.ModelAddSubgraphs(b, m_subgraphs)
-    Model.ModelAddBuffers(b, m_buffers)
-    b.Finish(Model.ModelEnd(b), file_identifier=b"TFL3")
-    path.write_bytes(bytes(b.Output()))
-    return path
-
-
 def _csr_sparsity(dense: np.ndarray):
     """TFLite sparsity parameters for a 2-D matrix stored with dense rows and CSR columns, and its non-zeros."""
     segments, indices = [0], []
@@ -448,11 +349,11 @@ def _csr_sparsity(dense: np.ndarray):
         segments.append(len(indices))
 
     def build(b):
-        SP, DM, IV = _tfl("SparsityParameters"), _tfl("DimensionMetadata"), _tfl("Int32Vector")
-        INT32 = _tfl("SparseIndexVector").SparseIndexVector.Int32Vector
+        SP, DM, IV = tfl("SparsityParameters"), tfl("DimensionMetadata"), tfl("Int32Vector")
+        INT32 = tfl("SparseIndexVector").SparseIndexVector.Int32Vector
 
         def int32_vector(values):
-            vec = _int_vector(b, IV.Int32VectorStartValuesVector, values)
+            vec = int_vector(b, IV.Int32VectorStartValuesVector, values)
             IV.Int32VectorStart(b)
             IV.Int32VectorAddValues(b, vec)
             return IV.Int32VectorEnd(b)
@@ -469,8 +370,8 @@ def _csr_sparsity(dense: np.ndarray):
         DM.DimensionMetadataAddArrayIndicesType(b, INT32)
         DM.DimensionMetadataAddArrayIndices(b, ind)
         cols = DM.DimensionMetadataEnd(b)
-        order = _int_vector(b, SP.SparsityParametersStartTraversalOrderVector, [0, 1])
-        dims = _offset_vector(b, SP.SparsityParametersStartDimMetadataVector, [rows, cols])
+        order = int_vector(b, SP.SparsityParametersStartTraversalOrderVector, [0, 1])
+        dims = offset_vector(b, SP.SparsityParametersStartDimMetadataVector, [rows, cols])
         SP.SparsityParametersStart(b)
         SP.SparsityParametersAddTraversalOrder(b, order)
         SP.SparsityParametersAddDimMetadata(b, dims)
@@ -480,17 +381,17 @@ def _csr_sparsity(dense: np.ndarray):
 
 
 def _fully_connected_options(b):
-    FC = _tfl("FullyConnectedOptions")
+    FC = tfl("FullyConnectedOptions")
     FC.FullyConnectedOptionsStart(b)
     FC.FullyConnectedOptionsAddFusedActivationFunction(b, 0)
-    return _tfl("BuiltinOptions").BuiltinOptions.FullyConnectedOptions, FC.FullyConnectedOptionsEnd(b)
+    return tfl("BuiltinOptions").BuiltinOptions.FullyConnectedOptions, FC.FullyConnectedOptionsEnd(b)
 
 
 def test_tflite_sparse_float16_weights_match_litert(host, tmp_path):
     """DENSIFY(sparse fp16) -> DEQUANTIZE -> FULLY_CONNECTED, MediaPipe's sparse pattern (pose_detection):
     TVM 0.27 alone fails on it with "a bytes-like object is required, not 'int'"."""
     pytest.importorskip("ai_edge_litert", reason="LiteRT (ai-edge-litert) is the TFLite reference runtime")
-    TT, BO = _tfl("TensorType").TensorType, _tfl("BuiltinOperator").BuiltinOperator
+    TT, BO = tfl("TensorType").TensorType, tfl("BuiltinOperator").BuiltinOperator
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((6, 8)).astype(np.float16)
     weight[rng.random(weight.shape) < 0.6] = 0
@@ -517,7 +418,7 @@ def test_tflite_sparse_float16_weights_match_litert(host, tmp_path):
 
 
 def test_tflite_custom_operators_are_named(tmp_path):
-    TT = _tfl("TensorType").TensorType
+    TT = tfl("TensorType").TensorType
     customs = ["Convolution2DTransposeBias", "MaxUnpooling2D", "MaxUnpooling2D"]
     path = write_tflite(
         tmp_path / "custom.tflite",
