@@ -60,7 +60,7 @@ def loose(cache, tmp_path_factory):
 def test_pipeline_searches_trains_compiles_verifies_benches_and_reports(loose):
     out, proc = loose
     assert "ratio" in proc.stdout and str(out / "report.md") in proc.stdout
-    for stage in ("search: epoch 2/2", "budget check:", "retrain:", "compile:", "random 1/2", "baseline 2/2", "bench:"):
+    for stage in ("search: epoch 2/2", "finalists:", "budget check:", "retrain:", "compile:", "random 1/2", "baseline 2/2", "bench:"):
         assert stage in proc.stderr, stage
     summary = json.loads((out / "pipeline.json").read_text())
     assert summary["bench"]["outputs_match"] is True and summary["bench"]["onnxruntime_p50_ms"] > 0
@@ -159,8 +159,8 @@ def test_tiny_transformer_pipeline_on_text_recall(cache, tmp_path):
     verify, bench and report on the bundled text task."""
     env, root, _ = cache
     out = tmp_path / "tt"
-    proc = run_cli("pipeline", "--dataset", "text-recall", "--latency-samples", "8", "--random", "1", "-o", out, *SMALL,
-                   env=env, check=True, timeout=900)
+    proc = run_cli("pipeline", "--dataset", "text-recall", "--latency-samples", "8", "--random", "1", "--trial-epochs", "2",
+                   "-o", out, *SMALL, env=env, check=True, timeout=900)
     assert "no tiny-transformer model for host yet" in proc.stderr and "search: tiny-transformer" in proc.stderr
     assert len(list((root / "latency").glob("host-*"))) == 2  # one model per space, side by side
     summary = json.loads((out / "pipeline.json").read_text())
@@ -171,9 +171,19 @@ def test_tiny_transformer_pipeline_on_text_recall(cache, tmp_path):
     m = json.loads((out / "artifact" / "manifest.json").read_text())
     assert m["verification"]["passed"] is True and m["lineage"]["space"] == "tiny-transformer"
     assert m["lineage"]["dataset"]["name"] == "text-recall"
-    rows = [ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("| ")]
+    report = (out / "report.md").read_text()
+    table = report.split("## Accuracy vs measured latency")[1].split("\n\n## ")[0]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ")]
     assert len(rows) == 1 + 1 + 2 and all(ln.count("|") == 6 for ln in rows), rows  # searched, random, baseline
     assert [c["kind"] for c in summary["candidates"]] == ["random", "baseline"]
+    # no budget: the finalists are fitted to the derivation's predicted latency, trained 2 epochs each, ranked
+    finals = summary["search"]["finalists"]
+    assert len(finals) >= 2 and finals[0]["source"] and "finalists: 1/" in proc.stderr and "## Finalists" in report
+    derived = next(f for f in finals if f["source"] == "supernet derivation")
+    assert all(f["predicted_ms"] <= derived["predicted_ms"] + 1e-9 and f["epochs"] <= 2 for f in finals)
+    keys = [(-f["val_accuracy"], f["val_loss"]) for f in finals]
+    assert keys == sorted(keys)
+    assert summary["budget_rounds"][0]["architecture"] == finals[0]["architecture"]  # the best one is what was kept
 
 
 def test_multi_trial_search_through_the_cli(cache, tmp_path):

@@ -385,3 +385,33 @@ def test_multi_trial_search_returns_the_most_accurate_net_within_the_budget(tmp_
     with pytest.raises(UsageError, match="none of the 6 architectures"):
         mt.run_multi_trial(mt.ArchTrialContext(**{**ctx.__dict__, "budget_ms": 1e-9}), "nsga2-none", None, tmp_path, 1, 0,
                            lines.append)
+
+
+def test_finalists_are_distinct_fitted_proposals_and_rank_best_first():
+    from toolkit.search import finalists
+    from toolkit.search.train import TrainConfig
+
+    model, _ = _synthetic_model(5)
+    torch.manual_seed(0)
+    net = SuperNet(8, 1, 10)
+    with torch.no_grad():
+        net.op_logits.normal_(0, 1)
+    derived = net.derive(3)
+    budget = 1.2 * model.predict(derived)
+    derived, _ = fit_budget(derived, net, model, budget, max_skips=3)
+    props = finalists.propose(derived, net, model, budget, 3, 4, seed=0)
+    assert [f.source for f in props[:2]] == [finalists.DERIVED, finalists.REFERENCE] and len(props) == 4
+    assert props[0].architecture == derived and {f.source for f in props[2:]} == {finalists.SAMPLED}
+    assert len({space.describe(f.architecture) for f in props}) == 4
+    for f in props:
+        assert space.validate(f.architecture) == f.architecture and count_skips(f.architecture) <= 3
+        assert f.predicted_ms == pytest.approx(model.predict(f.architecture)) and f.predicted_ms <= budget
+    assert props[1].predicted_ms >= 0.9 * budget  # the reference recipe is grown into the budget, not left below it
+    # without a budget: fitted to the derivation's own predicted latency
+    free = finalists.propose(derived, net, model, None, 3, 3, seed=0)
+    assert free[0].architecture == derived and all(f.predicted_ms <= model.predict(derived) + 1e-9 for f in free)
+    lines: list[str] = []
+    ranked = finalists.rank(props[:3], _digits_subset(), TrainConfig(epochs=1, kd_alpha=0.5), lines.append)
+    assert len(ranked) == 3 and all(f.val_accuracy is not None and f.epochs == 1 for f in ranked)
+    keys = [(-f.val_accuracy, f.val_loss) for f in ranked]
+    assert keys == sorted(keys) and [ln.split(" ")[1] for ln in lines] == ["1/3", "2/3", "3/3"]

@@ -137,7 +137,7 @@ def eval_cmd(space: SpaceOpt = "mobile-cnn", target: TargetOpt = "host",
 def _options(dataset: str, space: str | None, target: str, output: Path, budget: str | None, resolution: int | None,
              threads: int | None, device: str | None, epochs: int, train_epochs: int, seed: int, trials: int, storage: str | None,
              workers: int, max_skips: int | None, latency_weight: float, targets_dir: Path | None, search_steps: int = 40,
-             multi_trial: int = 0, trial_epochs: int = 4):
+             multi_trial: int = 0, trial_epochs: int = 4, finalists: int = 4):
     from toolkit.search.run import RunOptions, parse_budget
     from toolkit.search.search import SearchConfig
     from toolkit.search.train import TrainConfig
@@ -148,8 +148,8 @@ def _options(dataset: str, space: str | None, target: str, output: Path, budget:
             raise UsageError(f"{flag} must be >= {lo}")
     if trials < 0 or (max_skips is not None and max_skips < -1) or not latency_weight >= 0 or search_steps < 0:
         raise UsageError("--trials, --search-steps and --latency-weight must be >= 0; --max-skips >= 0 (-1: no guard)")
-    if multi_trial < 0 or trial_epochs < 1:
-        raise UsageError("--multi-trial must be >= 0 and --trial-epochs >= 1")
+    if multi_trial < 0 or trial_epochs < 1 or not 0 <= finalists <= 64:
+        raise UsageError("--multi-trial must be >= 0, --trial-epochs >= 1 and --finalists from 0 to 64")
     if multi_trial and trials:
         raise UsageError("--trials tunes the supernet search's hyperparameters; --multi-trial searches without a supernet: "
                          "give one of them")
@@ -170,7 +170,7 @@ def _options(dataset: str, space: str | None, target: str, output: Path, budget:
     warmup = min(2, max(epochs - 1, 0))
     return RunOptions(dataset=dataset, space=sp.SPACE_NAME, target=dev.target, output=output, budget_ms=budget_ms, resolution=resolution,
                       threads=dev.threads, rpc=dev.rpc, seed=seed, trials=trials, storage=storage, workers=workers,
-                      multi_trial=multi_trial, trial_epochs=trial_epochs,
+                      multi_trial=multi_trial, trial_epochs=trial_epochs, finalists=finalists,
                       search=SearchConfig(epochs=epochs, warmup=warmup, latency_weight=latency_weight, min_steps=search_steps,
                                           max_skips=None if max_skips < 0 else max_skips),
                       train=TrainConfig(epochs=train_epochs))
@@ -189,7 +189,8 @@ MaxSkips = Annotated[Optional[int], typer.Option("--max-skips", help="Cap on ski
 Lambda = Annotated[float, typer.Option("--latency-weight", help="lambda of the latency term in the architecture loss.")]
 SearchSteps = Annotated[int, typer.Option("--search-steps", help="Weight and architecture steps per search epoch at least (a small dataset is cycled).")]
 MultiTrial = Annotated[int, typer.Option("--multi-trial", help="Search by Optuna NSGA-II over N architectures, each trained briefly (a Pareto front of accuracy and predicted latency, the budget a constraint) instead of the supernet.")]
-TrialEpochs = Annotated[int, typer.Option("--trial-epochs", help="Training epochs of each --multi-trial architecture.")]
+TrialEpochs = Annotated[int, typer.Option("--trial-epochs", help="Training epochs of each --multi-trial architecture and of each finalist.")]
+Finalists = Annotated[int, typer.Option("--finalists", help="Supernet search: the derivation, the reference recipe and samples of the supernet, each fitted to the budget, trained --trial-epochs each; the most accurate on validation is kept (0 or 1: the derivation as is).")]
 
 
 def search_cmd(output: Annotated[Path, typer.Option("-o", "--output", help="Run directory.")], dataset: Dataset = "digits",
@@ -197,14 +198,15 @@ def search_cmd(output: Annotated[Path, typer.Option("-o", "--output", help="Run 
                resolution: Resolution = None, epochs: Epochs = 10, train_epochs: TrainEpochs = 40, seed: Seed = 0,
                trials: Trials = 0, storage: Storage = None, workers: Workers = 1, max_skips: MaxSkips = None,
                latency_weight: Lambda = 2.0, search_steps: SearchSteps = 40, multi_trial: MultiTrial = 0,
-               trial_epochs: TrialEpochs = 4, threads: ThreadsOpt = None,
+               trial_epochs: TrialEpochs = 4, finalists: Finalists = 4, threads: ThreadsOpt = None,
                device: DeviceOpt = None, targets_dir: TargetsDir = None) -> None:
     """Search an architecture on the target's latency model, retrain it distilled, export, compile and verify it."""
     from toolkit.search import spaces
     from toolkit.search.run import search_and_train
 
     opts = _options(dataset, space, target, output, latency_budget, resolution, threads, device, epochs, train_epochs, seed, trials,
-                    storage, workers, max_skips, latency_weight, targets_dir, search_steps, multi_trial, trial_epochs)
+                    storage, workers, max_skips, latency_weight, targets_dir, search_steps, multi_trial, trial_epochs,
+                    finalists)
     with _progress() as say:
         s = search_and_train(opts, say)
     print(f"searched {spaces.of(s['architecture']).describe(s['architecture'])}: val accuracy {100 * s['validation_accuracy']:.1f}%, test "
@@ -218,7 +220,7 @@ def pipeline_cmd(dataset: Dataset = "digits", space: SearchSpaceOpt = None, targ
                  resolution: Resolution = None, epochs: Epochs = 10, train_epochs: TrainEpochs = 40, seed: Seed = 0,
                  trials: Trials = 0, storage: Storage = None, workers: Workers = 1, max_skips: MaxSkips = None,
                  latency_weight: Lambda = 2.0, search_steps: SearchSteps = 40, multi_trial: MultiTrial = 0,
-                 trial_epochs: TrialEpochs = 4,
+                 trial_epochs: TrialEpochs = 4, finalists: Finalists = 4,
                  random: Annotated[int, typer.Option("--random", help="Random architectures to train and measure for the report.")] = 4,
                  latency_samples: Annotated[int, typer.Option("--latency-samples", help="Networks to measure when the target has no latency model yet.")] = 60,
                  threads: ThreadsOpt = None, device: DeviceOpt = None, targets_dir: TargetsDir = None) -> None:
@@ -230,7 +232,8 @@ def pipeline_cmd(dataset: Dataset = "digits", space: SearchSpaceOpt = None, targ
         raise UsageError("--random must be >= 0 and --latency-samples from 8 to 100000")
     output = output or Path("runs") / f"{Path(dataset).stem}-{target}"
     opts = _options(dataset, space, target, output, latency_budget, resolution, threads, device, epochs, train_epochs, seed, trials,
-                    storage, workers, max_skips, latency_weight, targets_dir, search_steps, multi_trial, trial_epochs)
+                    storage, workers, max_skips, latency_weight, targets_dir, search_steps, multi_trial, trial_epochs,
+                    finalists)
     with _progress() as say:
         s = run_pipeline(opts, random_count=random, latency_samples=latency_samples, progress=say)
     se, b = s["searched"], s["bench"]

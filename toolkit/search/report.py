@@ -74,6 +74,15 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
     accs = [c["test_accuracy"] for c in summary["candidates"] if c["kind"] == "random"]
     lines += ["", f"The searched net is more accurate than {wins} of the {peers} compared nets at or under its measured latency."
               + (f" Random architectures span {100 * (max(accs) - min(accs)):.1f} points of accuracy." if accs else ""), ""]
+    finals = (summary.get("search") or {}).get("finalists") or []
+    if finals:
+        lines += ["## Finalists", "",
+                  f"The supernet's proposals, each fitted to the budget on the latency model and trained up to "
+                  f"{summary['search']['finalist_epochs']} epochs from scratch; the most accurate on the validation split was retrained as the searched net:", "",
+                  "| rank | source | architecture | val accuracy | predicted ms |", "|---:|---|---|---:|---:|"]
+        lines += [f"| {i} | {f['source']} | `{space.describe(f['architecture'])}` | {100 * f['val_accuracy']:.1f}% | "
+                  f"{f['predicted_ms']:.3f} |" for i, f in enumerate(finals, 1)]
+        lines.append("")
     front = summary.get("pareto_front")
     if front:
         lines += ["## Multi-trial Pareto front (NSGA-II)", "",

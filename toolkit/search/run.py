@@ -41,7 +41,8 @@ class RunOptions:
     space: str | None = None         # None: by the dataset's kind (images: mobile-cnn, text: tiny-transformer)
     trials: int = 0                  # Optuna trials tuning the search's hyperparameters (0: the defaults)
     multi_trial: int = 0             # > 0: NSGA-II over architectures, this many trials, instead of the supernet
-    trial_epochs: int = 4            # training epochs of each multi-trial architecture
+    trial_epochs: int = 4            # training epochs of each multi-trial architecture and each finalist
+    finalists: int = 4               # supernet search: proposals ranked by a short training (<= 1: the derivation as is)
     storage: str | None = None
     workers: int = 1
     seed: int = 0
@@ -175,6 +176,24 @@ def tune_hyperparameters(ctx: _TrialContext, opts: RunOptions, say: Progress) ->
                                               "best_value": best.value, "params": best.params}
 
 
+def _pick_finalist(result, model: latency.LatencyModel, data: Dataset, opts: RunOptions, cfg: SearchConfig,
+                   say: Progress) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The most accurate of the search's finalists after `opts.trial_epochs` of training; all of them, ranked."""
+    from . import finalists
+
+    props = finalists.propose(result.arch, result.supernet, model, opts.budget_ms, cfg.max_skips, opts.finalists, opts.seed)
+    if len(props) == 1:  # every proposal fitted to the same net (a budget far above or below the space)
+        say("finalists: every proposal fits the budget as the same net; nothing to rank")
+        return result.arch, []
+    say(f"finalists: {len(props)} architectures fitted to "
+        + (f"the {opts.budget_ms:g} ms budget" if opts.budget_ms else "the derivation's predicted latency")
+        + f", each trained {opts.trial_epochs} epochs from scratch; validation accuracy decides")
+    ranked = finalists.rank(props, data, replace(opts.train, epochs=opts.trial_epochs, seed=opts.seed), say)
+    best = ranked[0]
+    say(f"finalists: keeping {spaces.of(best.architecture).describe(best.architecture)} ({best.source})")
+    return best.architecture, [f.to_json() for f in ranked]
+
+
 def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict[str, Any]:
     """The `autoglm search` job; returns the run summary (also written to OUTPUT/search.json)."""
     say = progress or (lambda _m: None)
@@ -216,7 +235,9 @@ def search_and_train(opts: RunOptions, progress: Progress | None = None) -> dict
         say(f"search: {space.SPACE_NAME}, {cfg.epochs} epochs on {data.name} at input size {resolution}, budget {budget_text}")
         result = run_search(data, resolution, model, cfg, opts.budget_ms, say)
         arch, teacher, history, repairs = result.arch, supernet_teacher(result.supernet), result.history, result.repairs
-        strategy = {"strategy": "supernet", **cfg.to_json()}
+        strategy = {"strategy": "supernet", **cfg.to_json(), "finalists": [], "finalist_epochs": opts.trial_epochs}
+        if opts.finalists > 1:
+            arch, strategy["finalists"] = _pick_finalist(result, model, data, opts, cfg, say)
 
         def refit(a: dict[str, Any], budget: float) -> tuple[dict[str, Any], list[str]]:
             return fit_budget(a, result.supernet, model, budget, cfg.max_skips)
