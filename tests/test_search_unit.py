@@ -415,3 +415,26 @@ def test_finalists_are_distinct_fitted_proposals_and_rank_best_first():
     assert len(ranked) == 3 and all(f.val_accuracy is not None and f.epochs == 1 for f in ranked)
     keys = [(-f.val_accuracy, f.val_loss) for f in ranked]
     assert keys == sorted(keys) and [ln.split(" ")[1] for ln in lines] == ["1/3", "2/3", "3/3"]
+
+
+def test_latency_features_count_channels_in_whole_vectors_of_the_target():
+    import targets
+
+    assert [latency.vector_lanes(targets.load_target(t)) for t in ("x86-64-avx512", "x86-64-avx2", "rpi4", "nvidia-h100")] \
+        == [16, 8, 4, 1]
+    block = {"cin": 24, "cout": 24, "stride": 1, "kernel": 5, "expand": 3, "size": 6}
+    wide = {**block, "cin": 32, "cout": 32}
+    # a 24-channel block costs as many 16-lane vectors as a 32-channel one (its expansion: 72 -> 80 channels)
+    f16 = space.block_features(block, 16)
+    assert f16["pw.mmac"] == pytest.approx(36 * (32 * 80 + 80 * 32) / 1e6) and f16["dw.mmac"] == pytest.approx(36 * 80 * 25 / 1e6)
+    assert space.block_features(block, 8) == space.block_features(block)  # every width of the space is whole on AVX2
+    assert space.block_features(wide, 16)["pw.mmac"] > space.block_features(block)["pw.mmac"]
+    # a model fitted with the target's lanes predicts the data it was fitted on with the same features exactly
+    rng = np.random.default_rng(7)
+    true = rng.uniform(0.001, 0.05, len(space.FEATURES))
+    archs = latency.fit_architectures(60)
+    y = [float(latency.network_features(a, 16)[0] @ true) for a in archs]
+    model = latency.fit(archs, y, 16, target="t", key="k", threads=1, where="host")
+    assert model.lanes == 16 and model.to_json()["lanes"] == 16
+    assert latency.accuracy(model, archs, y)["max_abs_pct_error"] < 1e-6
+    assert latency.accuracy(latency.fit(archs, y, 1, target="t", key="k", threads=1, where="host"), archs, y)["max_abs_pct_error"] > 1

@@ -63,15 +63,25 @@ def vector(f: dict[str, float], names: tuple[str, ...]) -> np.ndarray:
     return np.array([f.get(name, 0.0) for name in names])
 
 
-def network_features(arch: dict[str, Any]) -> tuple[np.ndarray, int]:
-    """(the feature vector of the whole network under its space's FEATURES, its number of blocks)."""
+def network_features(arch: dict[str, Any], lanes: int = 1) -> tuple[np.ndarray, int]:
+    """(the feature vector of the whole network under its space's FEATURES, its number of blocks); channels
+    counted in whole vectors of `lanes` (see `vector_lanes`)."""
     space = spaces.of(arch)
     total = vector(space.fixed_features(arch), space.FEATURES)
     n = 0
     for b in space.blocks(arch):
-        total += vector(space.block_features(b), space.FEATURES)
+        total += vector(space.block_features(b, lanes), space.FEATURES)
         n += 1
     return total, n
+
+
+def vector_lanes(target: Any) -> int:
+    """The fp32 vector width, in channels, that the target's kernels work in (its widest channel block:
+    16 on AVX-512, 8 on AVX2, 4 on NEON); 1 where convs are not blocked (GPUs)."""
+    from compile.layout import block_candidates
+
+    blocks = block_candidates(target)
+    return blocks[0] if blocks else 1
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -90,6 +100,7 @@ class LatencyModel:
     cpu: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     space: str = DEFAULT_SPACE
+    lanes: int = 1                             # channels are counted in whole vectors of this many
 
     def table_ms(self, f: np.ndarray) -> float:
         return float(f @ self.coef)
@@ -98,7 +109,7 @@ class LatencyModel:
         """A block's latency contribution (table cost, corrected): what the supernet's expectation sums."""
         a, per_block, _ = self.correction
         sp = spaces.get(self.space)
-        return a * self.table_ms(vector(sp.block_features(b), sp.FEATURES)) + per_block
+        return a * self.table_ms(vector(sp.block_features(b, self.lanes), sp.FEATURES)) + per_block
 
     def fixed_ms(self, arch: dict[str, Any]) -> float:
         """The latency of what every network has (stem, head, the correction's constant)."""
@@ -108,29 +119,29 @@ class LatencyModel:
 
     def predict(self, arch: dict[str, Any]) -> float:
         """Predicted latency of an architecture in milliseconds."""
-        f, n = network_features(arch)
+        f, n = network_features(arch, self.lanes)
         a, b, c = self.correction
         return a * self.table_ms(f) + b * n + c
 
     def to_json(self) -> dict[str, Any]:
         return {"spec_version": SPEC_VERSION, "space": self.space, "target": self.target, "key": self.key,
-                "threads": self.threads, "where": self.where, "cpu": self.cpu, "fit_count": self.fit_count,
+                "threads": self.threads, "where": self.where, "cpu": self.cpu, "fit_count": self.fit_count, "lanes": self.lanes,
                 "features": list(spaces.get(self.space).FEATURES), "coef": [float(x) for x in self.coef],
                 "correction": list(self.correction), **self.info}
 
 
-def fit(archs: list[dict[str, Any]], latencies_ms: list[float], **meta: Any) -> LatencyModel:
+def fit(archs: list[dict[str, Any]], latencies_ms: list[float], lanes: int = 1, **meta: Any) -> LatencyModel:
     """Fit the table and the correction to measured networks (both non-negative least squares on relative error)."""
     if len(archs) < 8:
         raise LatencyModelError(f"{len(archs)} measured networks are too few to fit a latency model; measure at least 8 (--samples)")
     y = np.asarray(latencies_ms, float)
-    feats = [network_features(a) for a in archs]
+    feats = [network_features(a, lanes) for a in archs]
     x = np.stack([f for f, _ in feats])
     coef = _nnls_relative(x, y)
     blocks = np.array([n for _, n in feats], float)
     a, b, c = _nnls_relative(np.stack([x @ coef, blocks, np.ones_like(y)], 1), y)
     return LatencyModel(coef=coef, correction=(float(a), float(b), float(c)), fit_count=len(archs),
-                        space=archs[0]["space"], **meta)
+                        space=archs[0]["space"], lanes=lanes, **meta)
 
 
 def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -425,8 +436,8 @@ def build(device: Device, samples: int, progress: Progress | None = None, space:
     store = MeasurementStore(directory, space)
     archs = fit_architectures(samples, space)
     recs = measure_all(archs, device, store, progress, "latency-model build")
-    model = fit(archs, [r["latency_ms"] for r in recs], target=device.target.name, key=key, threads=device.threads,
-                where=device.where, cpu=cpu_model() if device.rpc is None else "", info={"cache_key_parts": parts})
+    model = fit(archs, [r["latency_ms"] for r in recs], vector_lanes(device.target), target=device.target.name, key=key,
+                threads=device.threads, where=device.where, cpu=cpu_model() if device.rpc is None else "", info={"cache_key_parts": parts})
     model.info["fit_accuracy"] = accuracy(model, archs, [r["latency_ms"] for r in recs])
     _write_json(directory / "model.json", model.to_json())
     return model, directory
@@ -453,9 +464,9 @@ def load(device: Device, space: str = DEFAULT_SPACE) -> LatencyModel:
     if any(r is None for r in recs):
         raise LatencyModelError(f"{directory / 'measurements.csv'} lacks measurements the model was fitted on; rebuild it with "
                                 f"`autoglm latency-model build --space {space} --target {device.target.name}`")
-    model = fit(archs, [r["latency_ms"] for r in recs], target=device.target.name, key=key, threads=device.threads,  # type: ignore[index]
-                where=device.where, cpu=doc.get("cpu", ""), info={"cache_key_parts": parts})
-    model.info["fit_accuracy"] = doc.get("fit_accuracy")
+    model = fit(archs, [r["latency_ms"] for r in recs], vector_lanes(device.target), target=device.target.name,  # type: ignore[index]
+                key=key, threads=device.threads, where=device.where, cpu=doc.get("cpu", ""), info={"cache_key_parts": parts})
+    model.info["fit_accuracy"] = accuracy(model, archs, [r["latency_ms"] for r in recs])  # type: ignore[index]
     return model
 
 
@@ -470,8 +481,7 @@ def evaluate(device: Device, holdout: int, progress: Progress | None = None,
     measured = [r["latency_ms"] for r in recs]
     report = accuracy(model, archs, measured)
     report["fit_count"] = model.fit_count
-    doc = json.loads((directory / "model.json").read_text())
-    doc["holdout_accuracy"] = report
+    doc = {**json.loads((directory / "model.json").read_text()), **model.to_json(), "holdout_accuracy": report}
     _write_json(directory / "model.json", doc)
     rows = [(a, m, model.predict(a)) for a, m in zip(archs, measured)]
     return report, model, rows

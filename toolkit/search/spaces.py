@@ -4,7 +4,7 @@ and the report use without knowing which space it is:
 - `SPACE_NAME`, `OPS` (a slot's candidate ops, `skip` last), `SKIP`, `SLOTS`, `WIDTH_GROUPS` (the searched
   widths, one choice per group), `slot_group(k)`, `skippable(k)`, `META` (the fields taken from the data);
 - `validate`, `sample`, `load_architecture`, `describe`, `choices(arch)` / `from_choices(meta, ops, widths)`;
-- `blocks(arch)` (the searched units with their shapes), `FEATURES`, `block_features(unit)`,
+- `blocks(arch)` (the searched units with their shapes), `FEATURES`, `block_features(unit, lanes)`,
   `fixed_features(arch)`, `fixed_width_arch(meta, last_width)`: the latency model's kernels;
 - `build_module(arch)`, `input_shape`, `example_input`, `latency_sample(seed)`, `data_meta(data, size)`,
   `baseline_for(meta, scale)` (the hand-designed reference), `sizes` (the input sizes it allows).
