@@ -438,3 +438,22 @@ def test_latency_features_count_channels_in_whole_vectors_of_the_target():
     assert model.lanes == 16 and model.to_json()["lanes"] == 16
     assert latency.accuracy(model, archs, y)["max_abs_pct_error"] < 1e-6
     assert latency.accuracy(latency.fit(archs, y, 1, target="t", key="k", threads=1, where="host"), archs, y)["max_abs_pct_error"] > 1
+
+
+def test_fit_budget_trades_when_no_single_move_fits():
+    """A net of the largest ops grows only by width, and a width step may overshoot what is left of the
+    budget: the fit widens and pays for it with smaller ops instead of stopping short."""
+    model, _ = _synthetic_model(3)
+    net = SuperNet(16, 1, 10)
+    start = space.validate({"space": space.SPACE_NAME, "resolution": 16, "in_channels": 1, "classes": 10,
+                            "stages": [{"width": min(w), "blocks": [{"op": "mbconv", "kernel": 7, "expand": 6}] * 3}
+                                       for w, _ in space.STAGES]})
+    ops, widths = space.choices(start)
+    meta = {"resolution": 16, "in_channels": 1, "classes": 10}
+    wider = [space.from_choices(meta, ops, [w + (i == g) for i, w in enumerate(widths)]) for g in range(len(widths))]
+    budget = min(model.predict(a) for a in wider) * 0.999  # every single growth move overshoots
+    assert model.predict(start) < budget
+    grown, moves = fit_budget(start, net, model, budget, max_skips=3)
+    assert model.predict(start) < model.predict(grown) <= budget
+    assert any(m.startswith("grow: ") and ", then " in m for m in moves), moves
+    assert space.choices(grown)[1] != widths  # a stage got wider

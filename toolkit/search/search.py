@@ -150,7 +150,35 @@ def fit_budget(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, 
     millisecond saved. Then, with `grow`, it spends what is left: each move the one losing the least
     log-likelihood per millisecond added (among equals the larger) that keeps the prediction within the
     budget, so the net returned uses the budget instead of stopping wherever the search's argmax fell
-    (a net far under its budget is a smaller net than the user paid for)."""
+    (a net far under its budget is a smaller net than the user paid for). When no single move fits what
+    is left, a trade: one move past the budget and one back under it, the pair ending closest to the
+    budget (a net of the largest ops cannot grow a stage's width by one move; measured on
+    the Xeon, such a net stopped 22% under its budget)."""
+    arch, moves = _shrink(arch, net, model, budget_ms, max_skips)
+    if model.predict(arch) > budget_ms:
+        return arch, moves
+    for _ in range(MAX_GROW_MOVES if grow else 0):
+        pred = model.predict(arch)
+        best = _best_move(arch, net, model, max_skips, lambda d: d if 1e-9 < d <= budget_ms - pred else None)
+        if best is not None:
+            arch = best[0]
+            moves.append(f"grow: {best[2]} (predicted {model.predict(arch):.3f} ms)")
+            continue
+        trade = _best_trade(arch, net, model, budget_ms, max_skips)
+        if trade is None:
+            break
+        arch = trade[0]
+        moves.append(f"grow: {trade[1]} (predicted {model.predict(arch):.3f} ms)")
+    return arch, moves
+
+
+MAX_GROW_MOVES = 64
+
+
+def _shrink(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, budget_ms: float,
+            max_skips: int | None) -> tuple[dict[str, Any], list[str]]:
+    """Shrink moves (the least log-likelihood lost per millisecond saved) until `arch` is predicted within
+    the budget or nothing smaller is left."""
     moves: list[str] = []
     while (pred := model.predict(arch)) > budget_ms:
         best = _best_move(arch, net, model, max_skips, lambda d: -d if d < -1e-9 else None)
@@ -159,14 +187,24 @@ def fit_budget(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, 
             return arch, moves
         arch = best[0]
         moves.append(f"{best[2]} (predicted {model.predict(arch):.3f} ms)")
-    while grow:
-        pred = model.predict(arch)
-        best = _best_move(arch, net, model, max_skips, lambda d: d if 1e-9 < d <= budget_ms - pred else None)
-        if best is None:
-            break
-        arch = best[0]
-        moves.append(f"grow: {best[2]} (predicted {model.predict(arch):.3f} ms)")
     return arch, moves
+
+
+def _best_trade(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, budget_ms: float,
+                max_skips: int | None) -> tuple[dict[str, Any], str] | None:
+    """When no single move fits what is left of the budget: two moves, one past the budget and one back
+    under it (a wider stage paid for with a smaller kernel, say), the pair ending closest to the budget
+    if it ends above where `arch` is. None when no pair gains."""
+    pred = model.predict(arch)
+    best: tuple[float, dict[str, Any], str] | None = None
+    for over, _, first in _moves(arch, net, max_skips):
+        if model.predict(over) <= budget_ms:
+            continue
+        for cand, _, then in _moves(over, net, max_skips):
+            got = model.predict(cand)
+            if pred + 1e-9 < got <= budget_ms and (best is None or got > best[0]):
+                best = (got, cand, f"{first}, then {then}")
+    return None if best is None else (best[1], best[2])
 
 
 def _best_move(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, max_skips: int | None,
@@ -174,11 +212,25 @@ def _best_move(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, 
     """(candidate, score, description) of the single-choice move with the least log-likelihood lost per
     millisecond, among the moves whose latency change `amount` accepts (it returns the milliseconds the move
     saves or adds, or None to refuse it); None when no move is accepted."""
+    pred = model.predict(arch)
+    best = None
+    for cand, lost, what in _moves(arch, net, max_skips):
+        ms = amount(model.predict(cand) - pred)
+        if ms is None:
+            continue
+        key = (max(lost, 0.0) / ms, -ms)
+        if best is None or key < best[1]:
+            best = (cand, key, what)
+    return best
+
+
+def _moves(arch: dict[str, Any], net: torch.nn.Module, max_skips: int | None) -> list[tuple[dict[str, Any], float, str]]:
+    """Every single-choice move from `arch` (another op in one slot, or another width) the skip cap allows:
+    (candidate, architecture log-likelihood it loses, description)."""
     space = spaces.of(arch)
     meta = {k: arch[k] for k in space.META}
     logp = F.log_softmax(net._logits().detach(), -1)
     wlogp = [F.log_softmax(w.detach(), -1) for w in net.width_logits]
-    pred = model.predict(arch)
     ops, widths = space.choices(arch)
     skips = sum(o == space.SKIP for o in ops)
     cands = []
@@ -194,15 +246,7 @@ def _best_move(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, 
                 continue
             cands.append((space.from_choices(meta, [i if j == k else o for j, o in enumerate(ops)], widths),
                           float(logp[k][cur] - logp[k][i]), f"{space.slot_name(k)} {space.op_name(space.OPS[cur])} -> {space.op_name(op)}"))
-    best = None
-    for cand, lost, what in cands:
-        ms = amount(model.predict(cand) - pred)
-        if ms is None:
-            continue
-        key = (max(lost, 0.0) / ms, -ms)
-        if best is None or key < best[1]:
-            best = (cand, key, what)
-    return best
+    return cands
 
 
 def count_skips(arch: dict[str, Any]) -> int:
