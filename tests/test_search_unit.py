@@ -400,13 +400,15 @@ def test_finalists_are_distinct_fitted_proposals_and_rank_best_first():
     budget = 1.2 * model.predict(derived)
     derived, _ = fit_budget(derived, net, model, budget, max_skips=3)
     props = finalists.propose(derived, net, model, budget, 3, 4, seed=0)
-    assert [f.source for f in props[:2]] == [finalists.DERIVED, finalists.REFERENCE] and len(props) == 4
-    assert props[0].architecture == derived and {f.source for f in props[2:]} == {finalists.SAMPLED}
+    assert [f.source for f in props[:3]] == [finalists.DERIVED, finalists.REFERENCE, finalists.REFERENCE_FITTED]
+    assert props[0].architecture == derived and len(props) == 4 and props[3].source == finalists.SAMPLED
+    scales = [space.baseline_for({"resolution": 8, "in_channels": 1, "classes": 10}, s) for s in (2, 1, 0)]
+    assert props[1].architecture == next(a for a in scales if model.predict(a) <= budget)  # the largest within budget
     assert len({space.describe(f.architecture) for f in props}) == 4
     for f in props:
         assert space.validate(f.architecture) == f.architecture and count_skips(f.architecture) <= 3
         assert f.predicted_ms == pytest.approx(model.predict(f.architecture)) and f.predicted_ms <= budget
-    assert props[1].predicted_ms >= 0.9 * budget  # the reference recipe is grown into the budget, not left below it
+    assert props[2].predicted_ms >= 0.9 * budget  # the fitted reference recipe is grown into the budget
     # without a budget: fitted to the derivation's own predicted latency
     free = finalists.propose(derived, net, model, None, 3, 3, seed=0)
     assert free[0].architecture == derived and all(f.predicted_ms <= model.predict(derived) + 1e-9 for f in free)

@@ -25,7 +25,8 @@ from .search import count_skips, fit_budget
 from .train import TrainConfig
 
 Progress = Callable[[str], None]
-DERIVED, REFERENCE, SAMPLED = "supernet derivation", "reference recipe, fitted", "supernet sample, fitted"
+DERIVED, REFERENCE, REFERENCE_FITTED, SAMPLED = ("supernet derivation", "reference recipe", "reference recipe, fitted",
+                                                 "supernet sample, fitted")
 
 
 @dataclass
@@ -44,8 +45,12 @@ class Finalist:
 def propose(derived: dict[str, Any], net: torch.nn.Module, model: LatencyModel, budget_ms: float | None,
             max_skips: int | None, count: int, seed: int) -> list[Finalist]:
     """Up to `count` distinct architectures, the derivation first: the space's reference recipe at the largest
-    scale the model puts within the budget, and samples of the supernet's op and width distribution, each
-    fitted to the budget (without a budget: to the derivation's predicted latency, the search's own trade-off)."""
+    scale the model puts within the budget, as it is and fitted to the budget, and samples of the supernet's
+    op and width distribution fitted to the budget (without a budget: to the derivation's predicted latency,
+    the search's own trade-off). On digits-hard the reference recipe at its largest scale within a 0.1 ms
+    budget (73.3% test accuracy at 0.080 ms) beat the supernet's budget-filling derivation (66.9%, all 7x7
+    kernels): a briefly trained supernet prefers the largest ops while the budget has room, so the recipe
+    is a finalist as it is too."""
     space = spaces.of(derived)
     meta = {k: derived[k] for k in space.META}
     budget = budget_ms if budget_ms is not None else model.predict(derived)
@@ -60,8 +65,10 @@ def propose(derived: dict[str, Any], net: torch.nn.Module, model: LatencyModel, 
 
     add(DERIVED, derived)
     scaled = [space.baseline_for(meta, s) for s in (2, 1, 0)]
-    reference = next((a for a in scaled if model.predict(a) <= budget), scaled[-1])
-    add(REFERENCE, fit_budget(reference, net, model, budget, max_skips)[0])
+    reference = next((a for a in scaled if model.predict(a) <= budget), None)
+    if reference is not None:  # as a person would scale it; the budget check may still grow it
+        add(REFERENCE, reference)
+    add(REFERENCE_FITTED, fit_budget(reference or scaled[-1], net, model, budget, max_skips)[0])
     gen = torch.Generator().manual_seed(seed)
     op_probs = F.softmax(net._logits().detach(), -1)
     width_probs = [F.softmax(w.detach(), -1) for w in net.width_logits]
