@@ -459,3 +459,21 @@ def test_fit_budget_trades_when_no_single_move_fits():
     assert model.predict(start) < model.predict(grown) <= budget
     assert any(m.startswith("grow: ") and ", then " in m for m in moves), moves
     assert space.choices(grown)[1] != widths  # a stage got wider
+
+
+def test_fit_budget_shrinks_a_net_just_over_budget_by_the_smallest_landing_move():
+    """A net a little over its budget (the budget check's usual case) loses the one choice that lands it
+    closest under the budget, not the largest saving (a stage's width), which the likelihood-per-ms rule
+    of an untrained supernet would pick."""
+    from toolkit.search.search import _moves
+
+    model, _ = _synthetic_model(3)
+    net = SuperNet(16, 1, 10)
+    big = space.validate({"space": space.SPACE_NAME, "resolution": 16, "in_channels": 1, "classes": 10,
+                          "stages": [{"width": max(w), "blocks": [{"op": "mbconv", "kernel": 7, "expand": 6}] * 3}
+                                     for w, _ in space.STAGES]})
+    below = [model.predict(c) for c, _, _ in _moves(big, net, 3) if model.predict(c) < model.predict(big)]
+    budget = max(below) + 1e-9
+    fitted, moves = fit_budget(big, net, model, budget, max_skips=3, grow=False)
+    assert len(moves) == 1 and model.predict(fitted) == pytest.approx(max(below)), moves
+    assert min(below) < 0.95 * max(below)  # a much larger saving was on offer

@@ -177,10 +177,17 @@ MAX_GROW_MOVES = 64
 
 def _shrink(arch: dict[str, Any], net: torch.nn.Module, model: LatencyModel, budget_ms: float,
             max_skips: int | None) -> tuple[dict[str, Any], list[str]]:
-    """Shrink moves (the least log-likelihood lost per millisecond saved) until `arch` is predicted within
-    the budget or nothing smaller is left."""
+    """Shrink moves until `arch` is predicted within the budget or nothing smaller is left: the move that
+    lands closest under the budget when one does (a net a few percent over its budget loses one kernel
+    size, not a stage's width), else the least log-likelihood lost per millisecond saved."""
     moves: list[str] = []
     while (pred := model.predict(arch)) > budget_ms:
+        landing = [(model.predict(c), -lost, c, what) for c, lost, what in _moves(arch, net, max_skips)]
+        landing = [t for t in landing if t[0] <= budget_ms]
+        if landing:
+            _, _, arch, what = max(landing, key=lambda t: (t[0], t[1]))
+            moves.append(f"{what} (predicted {model.predict(arch):.3f} ms)")
+            continue
         best = _best_move(arch, net, model, max_skips, lambda d: -d if d < -1e-9 else None)
         if best is None:
             moves.append(f"nothing smaller is left; predicted {pred:.3f} ms stays over {budget_ms:.3f} ms")
