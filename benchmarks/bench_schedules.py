@@ -14,7 +14,11 @@ each per round, order rotating), and prints a Markdown table of medians, ratios 
 the CPU's peak FLOP/s that each reaches.
 
     python benchmarks/bench_schedules.py [--models ...] [--variants default tuned unscheduled]
-                                         [--tune-budget 10m] [--threads 1 2] [--repeat 30] [--work DIR]
+                                         [--tune-budget 10m] [--tune-threads N] [--threads 1 2] [--repeat 30]
+                                         [--work DIR]
+
+`--tune-threads 1 --threads 1` tunes at the thread count it then measures (records measured at the host's
+2 threads made BERT-mini's 1-thread run 7% slower than its defaults).
 """
 
 from __future__ import annotations
@@ -65,16 +69,19 @@ def _compile(onnx_path: Path, out: Path, rebuild: bool, *, no_schedules: bool = 
             os.environ[NO_SCHEDULES_ENV] = old
 
 
-def _tune(onnx_path: Path, model: str, work: Path, db: Path, budget: str) -> dict:
-    """`autoglm tune` through the real CLI, once per model and budget (its summary is kept in the work dir)."""
+def _tune(onnx_path: Path, model: str, work: Path, db: Path, budget: str, threads: int | None = None) -> dict:
+    """`autoglm tune` through the real CLI, once per model, budget and thread count (its summary is kept in
+    the work dir)."""
     from compile.fileio import write_atomic
 
-    done = work / f"{model}.tune-{budget}.json"
+    tag = f"{budget}-{threads}t" if threads else budget
+    done = work / f"{model}.tune-{tag}.json"
     if done.exists():
         return json.loads(done.read_text())
-    print(f"  tuning {model} for {budget} into {db}", file=sys.stderr)
+    print(f"  tuning {model} for {budget}" + (f" at {threads} thread(s)" if threads else "") + f" into {db}", file=sys.stderr)
     proc = subprocess.run([str(Path(sys.executable).parent / "autoglm"), "tune", str(onnx_path), "--target", "host",
-                           "--budget", budget, "--db", str(db), "--json"], capture_output=True, text=True, cwd=ROOT)
+                           "--budget", budget, "--db", str(db), "--json", *(["--threads", str(threads)] if threads else [])],
+                          capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         print(proc.stderr, file=sys.stderr)
         raise SystemExit(f"autoglm tune failed for {model}")
@@ -83,7 +90,8 @@ def _tune(onnx_path: Path, model: str, work: Path, db: Path, budget: str) -> dic
     return summary
 
 
-def _build(model: str, work: Path, variants: list[str], budget: str, db: Path, rebuild: bool) -> dict:
+def _build(model: str, work: Path, variants: list[str], budget: str, db: Path, rebuild: bool,
+           tune_threads: int | None = None) -> dict:
     from toolkit.export import export_zoo_model
 
     onnx_path = work / f"{model}.onnx"
@@ -92,8 +100,8 @@ def _build(model: str, work: Path, variants: list[str], budget: str, db: Path, r
     info: dict = {}
     for variant in variants:
         if variant == "tuned":
-            info["tune"] = _tune(onnx_path, model, work, db, budget)
-            out = work / f"{model}-tuned-{budget}"
+            info["tune"] = _tune(onnx_path, model, work, db, budget, tune_threads)
+            out = work / (f"{model}-tuned-{budget}-{tune_threads}t" if tune_threads else f"{model}-tuned-{budget}")
             _compile(onnx_path, out, rebuild, tuning_db=db)
         else:
             out = work / f"{model}-{variant}"
@@ -201,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "autoglm-bench-schedules")
-    ap.add_argument("--db", type=Path, help="tuning database (default WORK/tuning-db)")
+    ap.add_argument("--db", type=Path, help="tuning database (default WORK/tuning-db, WORK/tuning-db-<N>t with --tune-threads N)")
+    ap.add_argument("--tune-threads", type=int, help="measure the tuning candidates at this many threads (autoglm tune "
+                                                     "--threads; default the host's): the thread count benchmarked")
     ap.add_argument("--rebuild", action="store_true", help="re-export and rebuild even if artifacts exist")
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     ap.add_argument("--harness", action="store_true",
@@ -217,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     import tvm
 
     args.work.mkdir(parents=True, exist_ok=True)
-    db = args.db or args.work / "tuning-db"
+    db = args.db or args.work / (f"tuning-db-{args.tune_threads}t" if args.tune_threads else "tuning-db")
     started = time.time()
     rows, builds = [], {}
     for model in args.models:
         print(f"{model}: building", file=sys.stderr)
-        builds[model] = info = _build(model, args.work, args.variants, args.tune_budget, db, args.rebuild)
+        builds[model] = info = _build(model, args.work, args.variants, args.tune_budget, db, args.rebuild, args.tune_threads)
         for threads in args.threads:
             env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
             proc = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--_worker", model,

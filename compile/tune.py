@@ -164,6 +164,7 @@ class TuneSummary:
     records_in_db: int = 0
     repaired_lines: int = 0
     elapsed_s: float = 0.0
+    threads: int | None = None          # the thread count kernels were measured at (local runs)
 
     @property
     def tasks_tuned(self) -> int:
@@ -190,6 +191,7 @@ class TuneSummary:
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model, "target": self.target, "database": self.database, "measured_on": self.measured_on,
+            "threads": self.threads,
             "budget": self.budget, "tasks_total": len(self.tasks), "tasks_tuned": self.tasks_tuned,
             "tasks_reused": self.tasks_reused, "trials_measured": self.trials_measured,
             "default_measurements": self.default_measurements, "records_in_db": self.records_in_db,
@@ -373,8 +375,12 @@ def _make_builder(target: Target):
     return KeptPoolBuilder()
 
 
-def _make_runner(target: Target, rpc: RpcSpec | None):
+def _make_runner(target: Target, rpc: RpcSpec | None, threads: int | None = None):
+    """MetaSchedule's runner: local worker processes running `threads` TVM threads (default: TVM's, all
+    cores), or a board over RPC (its server's TVM_NUM_THREADS decides there)."""
     from tvm.s_tir import meta_schedule as ms
+
+    from . import tune_worker
 
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False)
     if rpc is not None:
@@ -382,7 +388,8 @@ def _make_runner(target: Target, rpc: RpcSpec | None):
             rpc_config=ms.runner.RPCConfig(tracker_host=rpc.host, tracker_port=rpc.port, tracker_key=rpc.key,
                                            session_timeout_sec=120),
             evaluator_config=evaluator, max_workers=1)
-    return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
+    init = functools.partial(tune_worker.use_threads, threads) if threads is not None else None
+    return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator, initializer=init)
 
 
 def _classes():
@@ -450,8 +457,10 @@ def tune_model(
     batch: int = DEFAULT_BATCH,
     seed: int = 0,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> TuneSummary:
-    """Tune the kernels of a model for `target` into the tuning database `db_dir`; see the module doc."""
+    """Tune the kernels of a model for `target` into the tuning database `db_dir`; see the module doc.
+    `threads`: measure at this many threads (the thread count the model will run at; default the target's)."""
     progress = progress or Progress()
     started = time.monotonic()
     if trials is not None and budget_s is not None:
@@ -467,9 +476,15 @@ def tune_model(
     if rpc is None and target.arch != host_arch():
         raise UsageError(f"target {target.name} ({target.arch}) cannot be measured on this machine: give --rpc HOST:PORT[/KEY] "
                          f"of an RPC tracker where a {target.name} board is registered")
-    db_dir = Path(db_dir) if db_dir is not None else tuning_db.default_db_dir(target)
+    if threads is not None and not 1 <= threads <= 4096:
+        raise UsageError(f"--threads {threads}: give 1 to 4096")
+    if threads is not None and rpc is not None and threads != target.threads:
+        raise UsageError("--threads sets the thread count measured on this machine; on a board the RPC server's "
+                         "decides: start it with TVM_NUM_THREADS set")
+    threads = threads or target.threads
+    db_dir = Path(db_dir) if db_dir is not None else tuning_db.default_db_dir(target, threads)
     tuning_db.check_writable(db_dir)
-    tuning_db.check_target(db_dir, target)
+    tuning_db.check_target(db_dir, target, threads)
     tuning_db.check_readable(db_dir)
     if target.cross_compiler:
         from .build import toolchain
@@ -487,17 +502,18 @@ def tune_model(
     from tvm.s_tir import meta_schedule as ms
 
     # MetaSchedule sizes parallel loops by the target's core count, so the tuning target names it
-    tt = tvm.target.Target({**target.tvm, "num-cores": target.threads})
+    tt = tvm.target.Target({**target.tvm, "num-cores": threads})
     progress.phase("fusing and extracting tasks")
     mod = fused_module(model.mod, target)
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, tt) if not t.mod.attrs.get("tirx.is_scheduled", False)]
     budget_text = f"{trials} trials" if trials is not None else f"{budget_s:g} s"
-    summary = TuneSummary(model.name, target.name, str(db_dir), f"rpc {rpc}" if rpc else "local", budget_text)
+    summary = TuneSummary(model.name, target.name, str(db_dir), f"rpc {rpc}" if rpc else f"local, {threads} thread(s)",
+                          budget_text, threads=threads if rpc is None else None)
 
     db_dir.mkdir(parents=True, exist_ok=True)
     with tuning_db.locked(db_dir):
         summary.repaired_lines = tuning_db.repair(db_dir).dropped
-        tuning_db.write_meta(db_dir, target)
+        tuning_db.write_meta(db_dir, target, threads)
         db = tuning_db.open_db(db_dir, create=True)
         log = tuning_db.read_tasks(db_dir)
 
@@ -519,7 +535,7 @@ def tune_model(
 
         if pending and (trials is None or trials > 0):
             builder = _make_builder(target)
-            runner = _make_runner(target, rpc)
+            runner = _make_runner(target, rpc, threads if rpc is None else None)
             need = [(t, r) for t, r in pending if r.default_ms is None]
             if need:
                 progress.phase(f"measuring the default schedules of {len(need)} kernels")

@@ -31,3 +31,9 @@ def export(rt_mod, compiler: str | None = None) -> str:
     else:
         rt_mod.export_library(path)
     return path
+
+
+def use_threads(n: int) -> None:
+    """Runner worker initializer: TVM's thread pool in this process runs `n` threads (it reads
+    TVM_NUM_THREADS when it first starts, after this)."""
+    os.environ["TVM_NUM_THREADS"] = str(n)

@@ -46,15 +46,17 @@ class TuningError(AutoglmError):
     """Tuning could not run: a tracker or board unreachable, a database in use or corrupt."""
 
 
-def default_db_dir(target: Target) -> Path:
-    """`$AUTOGLM_CACHE_DIR/tuning/<target>` (default `~/.cache/autoglm/tuning/<target>`)."""
+def default_db_dir(target: Target, threads: int | None = None) -> Path:
+    """`$AUTOGLM_CACHE_DIR/tuning/<target>` (default `~/.cache/autoglm/tuning/<target>`); with a thread count
+    other than the target's, `<target>-<threads>t`: records measured at other thread counts never mix."""
     base = os.environ.get("AUTOGLM_CACHE_DIR")
     if base:
         root = Path(base)
     else:
         xdg = os.environ.get("XDG_CACHE_HOME")
         root = (Path(xdg) if xdg else Path.home() / ".cache") / "autoglm"
-    return root / "tuning" / target.name
+    name = target.name if threads in (None, target.threads) else f"{target.name}-{threads}t"
+    return root / "tuning" / name
 
 
 def check_writable(db_dir: Path) -> None:
@@ -78,8 +80,9 @@ def _target_json(target: Target) -> str:
     return str(tvm.target.Target(target.tvm))
 
 
-def check_target(db_dir: Path, target: Target) -> None:
-    """Refuse a database whose records were measured for another target."""
+def check_target(db_dir: Path, target: Target, threads: int | None = None) -> None:
+    """Refuse a database whose records were measured for another target, or (given `threads`) at another
+    thread count (a database written before thread counts were recorded: at the target's)."""
     meta_path = db_dir / META
     if not meta_path.exists():
         return
@@ -92,16 +95,21 @@ def check_target(db_dir: Path, target: Target) -> None:
             f"tuning database {db_dir} holds records for target {meta.get('target')!r} "
             f"({meta.get('tvm_target')}), not for {target.name!r} ({_target_json(target)}); use another --db"
         )
+    had = meta.get("threads", target.threads)
+    if threads is not None and had != threads:
+        raise UsageError(f"tuning database {db_dir} holds records measured at {had} thread(s), not {threads}; "
+                         f"use another --db (the default database of each thread count is its own)")
 
 
-def write_meta(db_dir: Path, target: Target) -> None:
+def write_meta(db_dir: Path, target: Target, threads: int | None = None) -> None:
     import tvm
 
     meta_path = db_dir / META
     if meta_path.exists():
         return
     write_atomic(meta_path, json.dumps({"format": FORMAT, "target": target.name, "tvm_target": _target_json(target),
-                                         "tvm_version": tvm.__version__}, indent=2) + "\n")
+                                         "threads": threads or target.threads, "tvm_version": tvm.__version__},
+                                        indent=2) + "\n")
 
 
 def _read_raw(path: Path) -> tuple[list[tuple[Any, bytes]], bool]:

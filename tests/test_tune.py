@@ -92,6 +92,25 @@ def test_second_run_measures_nothing(tuned, mlp):
     assert record_lines(db) == before
 
 
+def test_tuning_at_a_thread_count_keeps_its_own_database(tuned, mlp, tmp_path):
+    """`--threads 1` measures in runner workers running one TVM thread (the count a 1-thread deployment runs
+    at) and the database records it; a database of another thread count is refused, in one line."""
+    import targets
+    from compile import tuning_db
+
+    host = targets.load_target("host")
+    db = tmp_path / "db1"
+    s = tune(mlp, "--target", "host", "--threads", "1", "--trials", "2", "--batch", "2", "--db", db)
+    assert s["threads"] == 1 and s["measured_on"] == "local, 1 thread(s)" and s["tasks_tuned"] == 2
+    assert json.loads((db / "autoglm-db.json").read_text())["threads"] == 1
+    assert json.loads((tuned[0] / "autoglm-db.json").read_text())["threads"] == host.threads == tuned[1]["threads"]
+    if host.threads != 1:
+        proc = run_cli("tune", mlp, "--target", "host", "--threads", "1", "--trials", "2", "--db", tuned[0])
+        assert_user_error(proc, 2, f"measured at {host.threads} thread(s), not 1")
+        assert tuning_db.default_db_dir(host, 1).name == "host-1t" and tuning_db.default_db_dir(host).name == "host"
+    assert_user_error(run_cli("tune", mlp, "--threads", "0", "--trials", "2", "--db", tmp_path / "db0"), 2, "--threads 0")
+
+
 def test_records_are_reused_across_models(tuned, tmp_path):
     """A second model sharing the first layer (same workload) measures only its new kernel."""
     db = tmp_path / "db"

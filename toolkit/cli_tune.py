@@ -78,7 +78,8 @@ def register(app: typer.Typer) -> None:
         target: Annotated[str, typer.Option("--target", "-t", help="Target name (see `autoglm targets`).")] = "host",
         trials: Annotated[Optional[int], typer.Option("--trials", help="Measurements to spend on this model's untuned kernels.")] = None,
         budget: Annotated[Optional[str], typer.Option("--budget", help="Wall-clock budget of the search instead of --trials: 90s, 15m, 1h30m (import and default measurements come before it).")] = None,
-        db: Annotated[Optional[Path], typer.Option("--db", help="Tuning database directory (default ~/.cache/autoglm/tuning/<target>).")] = None,
+        db: Annotated[Optional[Path], typer.Option("--db", help="Tuning database directory (default ~/.cache/autoglm/tuning/<target>, or <target>-<N>t with --threads N).")] = None,
+        threads: Annotated[Optional[int], typer.Option("--threads", help="Measure at this many threads: the count the model will run at (default: the target's; a database holds one count).")] = None,
         rpc: Annotated[Optional[str], typer.Option("--rpc", help="Measure on boards: RPC tracker HOST:PORT or HOST:PORT/KEY (key defaults to the target's rpc_key).")] = None,
         input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix an input's shape: NAME=D0,D1,... (repeatable).")] = None,
         batch: Annotated[int, typer.Option("--batch", help="Candidates measured per search round.")] = 16,
@@ -114,7 +115,7 @@ def register(app: typer.Typer) -> None:
         progress = RichProgress(quiet)
         try:
             summary = tune_model(model, tgt, db, trials=trials, budget_s=budget_s, rpc=spec, input_shapes=shapes,
-                                 batch=batch, seed=seed, progress=progress)
+                                 batch=batch, seed=seed, progress=progress, threads=threads)
         except Exception as exc:  # an interrupt inside a TVM callback comes back as some other error
             from compile.artifact import interrupted
 
