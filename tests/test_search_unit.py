@@ -190,13 +190,17 @@ def test_budget_check_grows_a_net_far_under_budget_and_never_keeps_one_over_it()
                                       for w, _ in space.STAGES]})
     budget = 3 * model.predict(tiny)
 
+    aims: list[float] = []
+
     def refit(a, b):
+        aims.append(b)
         return fit_budget(a, net, model, b, max_skips=3)
 
     said: list[str] = []
     arch, rounds = remeasure_to_budget(tiny, lambda a: 0.85 * model.predict(a), model.predict, refit, budget,
                                        space.describe, said.append)
     assert len(rounds) >= 2 and rounds[0]["architecture"] == tiny and arch != tiny
+    assert aims[0] == pytest.approx(budget * 0.975 / 0.85)  # the middle of [0.95, 1] x budget, on the device's scale
     assert 0.95 * budget <= rounds[-1]["measured_ms"] <= budget and rounds[-1]["architecture"] == arch
     assert any("under budget: grow: " in line for line in said)
 
