@@ -23,7 +23,7 @@ from .search import SearchConfig, count_skips, fit_budget, run_search, supernet_
 from .train import TrainConfig, train
 
 Progress = Callable[[str], None]
-MAX_REMEASURE = 3
+MAX_REMEASURE = 5  # compile + measure a round: ~15 s, small beside the training
 BUDGET_TOLERANCE = 0.05  # a net measured further under its budget than this is grown into it
 
 
